@@ -1,0 +1,5 @@
+"""``python -m catalens``."""
+
+from catalens.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""The embedder seam: images (and, for some models, words) in, unit vectors out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from catalens.types import ModelIdentity
+
+Vectors = NDArray[np.float32]
+"""float32 array of shape (n, d), each row L2-normalised."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns decoded RGB images into L2-normalised float32 vectors of shape (n, d).
+
+    ``preprocess`` is separate from ``embed_pixels`` so the ingest pipeline can resize and
+    normalise in worker threads while the model runs; ``embed_images`` chains the two.
+    """
+
+    @property
+    def identity(self) -> ModelIdentity: ...
+
+    @property
+    def device(self) -> str: ...
+
+    def preprocess(self, image: Image.Image) -> NDArray[np.float32]:
+        """One RGB image -> the model's input tensor for it (no batch axis)."""
+        ...
+
+    def embed_pixels(self, batch: NDArray[np.float32]) -> Vectors:
+        """A stacked batch of ``preprocess`` outputs -> (n, d) unit vectors."""
+        ...
+
+
+@runtime_checkable
+class TextEmbedder(Embedder, Protocol):
+    """An embedder with a text tower in the same space as its images (CLIP)."""
+
+    def embed_texts(self, texts: Sequence[str]) -> Vectors: ...
+
+
+def embed_images(embedder: Embedder, images: Sequence[Image.Image]) -> Vectors:
+    """Preprocess and embed ``images`` in one batch."""
+    if not images:
+        return np.zeros((0, embedder.identity.dim), dtype=np.float32)
+    batch = np.stack([embedder.preprocess(image) for image in images])
+    return embedder.embed_pixels(batch)
+
+
+def has_text_tower(embedder: Embedder) -> bool:
+    return isinstance(embedder, TextEmbedder) and embedder.identity.has_text_tower
+
+
+def l2_normalize(vectors: NDArray[np.floating]) -> Vectors:
+    """Row-wise L2 normalisation; all-zero rows stay zero instead of becoming NaN."""
+    array = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return np.ascontiguousarray(array / np.maximum(norms, 1e-12), dtype=np.float32)

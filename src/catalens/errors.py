@@ -1,0 +1,84 @@
+"""The exception tree of catalens.
+
+Every error raised on purpose by the library is a ``CatalensError``; the CLI prints its
+message in one line and the HTTP API turns it into a 4xx/5xx JSON body. Nothing below the
+CLI/API layers prints or exits.
+
+    CatalensError
+    ├── ConfigError                 bad settings or arguments (unknown model, store URL, ...)
+    ├── ImageError                  one image could not be used; names the file and why
+    │   ├── ImageDecodeError        empty, truncated, corrupt, or not an image at all
+    │   └── ImageTooLargeError      over the byte or pixel limit (decompression bomb)
+    ├── FetchError                  a URL could not be downloaded (404, timeout, too big, ...)
+    │   └── BlockedURLError         refused by the address guard (loopback, private, metadata)
+    ├── CatalogError                a catalog source cannot be read at all
+    ├── ModelError                  a model cannot be loaded or run
+    │   └── ModelMismatchError      a collection used with a model other than its own
+    ├── StoreError                  the vector store cannot be opened or written
+    ├── CollectionNotFoundError     no collection of that name
+    └── ProductNotFoundError        no product of that id in the collection
+"""
+
+from __future__ import annotations
+
+
+class CatalensError(Exception):
+    """Base class of every error catalens raises on purpose."""
+
+
+class ConfigError(CatalensError):
+    """Settings or arguments that cannot work."""
+
+
+class ImageError(CatalensError):
+    """An image that cannot be used. ``source`` names the file or URL, ``reason`` says why."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class ImageDecodeError(ImageError):
+    """Empty, truncated, corrupt, or not an image."""
+
+
+class ImageTooLargeError(ImageError):
+    """Over the configured byte or pixel limit."""
+
+
+class FetchError(CatalensError):
+    """A remote image could not be downloaded."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class BlockedURLError(FetchError):
+    """A URL whose host resolves to an address the guard refuses."""
+
+
+class CatalogError(CatalensError):
+    """A catalog source that cannot be read at all (missing file, unknown format, ...)."""
+
+
+class ModelError(CatalensError):
+    """A model that cannot be loaded or run."""
+
+
+class ModelMismatchError(ModelError):
+    """A collection opened with a model other than the one its vectors were made with."""
+
+
+class StoreError(CatalensError):
+    """A vector store that cannot be opened, read or written."""
+
+
+class CollectionNotFoundError(CatalensError):
+    """No collection of that name."""
+
+
+class ProductNotFoundError(CatalensError):
+    """No product of that id."""

@@ -1,0 +1,395 @@
+"""Image bytes from local paths and URLs, with downloads kept in a content-addressed cache.
+
+Blobs live at ``cache_dir/blobs/<hash[:2]>/<hash>``; a sqlite index maps each URL to the hash
+of what it served, so a URL is downloaded once across runs. ``fetch_many`` runs a thread pool
+with bounded look-ahead and yields results in input order, errors as values: one bad image
+never stops an ingest run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import httpx
+
+from catalens import __version__
+from catalens.errors import (
+    BlockedURLError,
+    CatalensError,
+    FetchError,
+    ImageTooLargeError,
+)
+from catalens.images import check_image_bytes, content_hash, read_image_file
+from catalens.netguard import AddressGuard
+
+__all__ = ["FetchedImage", "ImageFetcher"]
+
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# httpx timeouts bound each read, not the whole body: a server dripping one byte per
+# (timeout - 1) seconds would hold a worker for days. An attempt gets this many timeouts in all.
+_TOTAL_TIME_FACTOR = 6
+_MAX_RETRY_AFTER = 30.0
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """The bytes behind one image reference."""
+
+    ref: str
+    """The path or URL asked for."""
+    data: bytes = field(repr=False)
+    content_hash: str
+    """sha256 hex of ``data``."""
+    cached: bool
+    """True when no network request was made (a cache hit or a local file)."""
+
+
+class ImageFetcher:
+    """Fetches image bytes for paths, ``file://`` and http(s) URLs. Thread-safe.
+
+    Raises ``FetchError`` (HTTP errors, timeouts, ``BlockedURLError`` from ``guard``),
+    ``ImageDecodeError`` (empty or not an image by its magic bytes), ``ImageTooLargeError``
+    (over ``max_bytes``) and ``ImageError`` (a local file that cannot be read). Only transient
+    failures are retried: timeouts, connection errors, HTTP 5xx and 429.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        workers: int = 8,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_bytes: int = 25 * 1024 * 1024,
+        guard: AddressGuard | None = None,
+        client: httpx.Client | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
+        if workers < 1 or retries < 0 or timeout <= 0 or backoff < 0 or max_bytes < 1:
+            raise ValueError(
+                "workers and max_bytes must be >= 1, retries/backoff >= 0, timeout > 0"
+            )
+        self._workers = workers
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._max_bytes = max_bytes
+        self._guard = guard
+        self._base_dir = base_dir
+        self._blobs = Path(cache_dir) / "blobs"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._index = _UrlIndex(Path(cache_dir) / "index.sqlite3")
+        self._owns_client = client is None
+        self._client = client or httpx.Client(
+            timeout=timeout,
+            follow_redirects=False,
+            headers={"User-Agent": f"catalens/{__version__}"},
+            limits=httpx.Limits(max_connections=max(2 * workers, 10)),
+        )
+        self._url_locks = _KeyedLocks()
+        self._closing = threading.Event()
+
+    def __enter__(self) -> ImageFetcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop retry back-offs, close the HTTP client (if we made it) and the index."""
+        self._closing.set()
+        if self._owns_client:
+            self._client.close()
+        self._index.close()
+
+    def fetch(self, ref: str) -> FetchedImage:
+        """The bytes of one image reference; see the class docstring for the errors."""
+        lowered = ref.lower()
+        if lowered.startswith(("http://", "https://")):
+            return self._fetch_url(ref)
+        if lowered.startswith("file:"):
+            return self._fetch_local(ref, _file_url_path(ref))
+        scheme = _URL_SCHEME.match(ref)
+        if scheme is not None:
+            raise FetchError(ref, f"unsupported URL scheme {scheme.group(1)!r}")
+        path = Path(ref)
+        if not path.is_absolute() and self._base_dir is not None:
+            path = self._base_dir / path
+        return self._fetch_local(ref, path)
+
+    def fetch_many(
+        self, refs: Iterable[str], *, lookahead: int | None = None
+    ) -> Generator[tuple[str, FetchedImage | CatalensError], None, None]:
+        """``(ref, result)`` for each ref, in input order; failures are yielded, not raised.
+
+        At most ``lookahead`` (default ``4 * workers``) refs are in flight at once, so a huge
+        or endless ``refs`` iterable is consumed only as fast as results are taken. Closing
+        the generator early cancels what has not started and waits for what has.
+        """
+        window = 4 * self._workers if lookahead is None else lookahead
+        if window < 1:
+            raise ValueError("lookahead must be >= 1")
+        pending: deque[tuple[str, Future[FetchedImage | CatalensError]]] = deque()
+        pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="catalens-fetch")
+        try:
+            for ref in refs:
+                pending.append((ref, pool.submit(self._fetch_as_value, ref)))
+                if len(pending) >= window:
+                    head, future = pending.popleft()
+                    yield head, future.result()
+            while pending:
+                head, future = pending.popleft()
+                yield head, future.result()
+        finally:
+            # Reached early when the consumer stops iterating: drop what has not started.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _fetch_as_value(self, ref: str) -> FetchedImage | CatalensError:
+        try:
+            return self.fetch(ref)
+        except CatalensError as exc:
+            return exc
+
+    def _fetch_local(self, ref: str, path: Path) -> FetchedImage:
+        data = read_image_file(path, max_bytes=self._max_bytes, source=ref)
+        check_image_bytes(data, source=ref, max_bytes=self._max_bytes)
+        return FetchedImage(ref=ref, data=data, content_hash=content_hash(data), cached=True)
+
+    def _fetch_url(self, ref: str) -> FetchedImage:
+        # One download per URL at a time: catalogs often repeat an image across products, and
+        # the second caller should find the first one's blob instead of downloading it again.
+        with self._url_locks.hold(ref):
+            cached = self._cached(ref)
+            if cached is not None:
+                return cached
+            data = self._download(ref)
+            check_image_bytes(data, source=ref, max_bytes=self._max_bytes)
+            digest = content_hash(data)
+            self._write_blob(digest, data)
+            self._index.put(ref, digest)
+            return FetchedImage(ref=ref, data=data, content_hash=digest, cached=False)
+
+    def _cached(self, ref: str) -> FetchedImage | None:
+        digest = self._index.get(ref)
+        if digest is None:
+            return None
+        try:
+            data = self._blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            data = b""
+        # A blob lost or damaged (crash mid-write, disk trouble) is simply fetched again.
+        if content_hash(data) != digest:
+            self._index.forget(ref)
+            return None
+        check_image_bytes(data, source=ref, max_bytes=self._max_bytes)
+        return FetchedImage(ref=ref, data=data, content_hash=digest, cached=True)
+
+    def _blob_path(self, digest: str) -> Path:
+        return self._blobs / digest[:2] / digest
+
+    def _write_blob(self, digest: str, data: bytes) -> None:
+        final = self._blob_path(digest)
+        if final.exists():
+            return  # content-addressed: the same bytes are already there
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # A unique temporary name in the same directory, then an atomic rename: readers see
+        # either no blob or the whole blob, even with several writers of the same hash.
+        tmp = final.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _download(self, ref: str) -> bytes:
+        try:
+            url = httpx.URL(ref)
+        except httpx.InvalidURL as exc:
+            raise FetchError(ref, f"invalid URL ({exc})") from exc
+        for hop in range(MAX_REDIRECTS + 1):
+            self._check_target(ref, url, redirected=hop > 0)
+            outcome = self._get_with_retries(ref, url)
+            if isinstance(outcome, bytes):
+                return outcome
+            url = outcome
+        raise FetchError(ref, f"too many redirects (more than {MAX_REDIRECTS})")
+
+    def _check_target(self, ref: str, url: httpx.URL, *, redirected: bool) -> None:
+        where = f"redirected to {url}: " if redirected else ""
+        if url.scheme not in ("http", "https"):
+            raise FetchError(ref, f"{where}unsupported URL scheme {url.scheme!r}")
+        if not url.host:
+            raise FetchError(ref, f"{where}URL has no host")
+        if self._guard is None:
+            return
+        try:
+            self._guard.check_url(str(url))
+        except BlockedURLError as exc:
+            raise BlockedURLError(ref, where + exc.reason) from exc
+        except FetchError as exc:
+            raise FetchError(ref, where + exc.reason) from exc
+
+    def _get_with_retries(self, ref: str, url: httpx.URL) -> bytes | httpx.URL:
+        attempt = 0
+        while True:
+            try:
+                return self._get_once(ref, url)
+            except _Transient as exc:
+                attempt += 1
+                if attempt > self._retries:
+                    tries = f"{attempt} attempt" + ("s" if attempt > 1 else "")
+                    raise FetchError(ref, f"{exc.reason} ({tries})") from exc
+                delay = self._backoff * 2 ** (attempt - 1)
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, _MAX_RETRY_AFTER))
+                if self._closing.wait(delay):
+                    raise FetchError(ref, "fetcher closed") from exc
+
+    def _get_once(self, ref: str, url: httpx.URL) -> bytes | httpx.URL:
+        """The body, or the next URL for a redirect; ``_Transient`` for what may be retried."""
+        deadline = time.monotonic() + _TOTAL_TIME_FACTOR * self._timeout
+        try:
+            with self._client.stream(
+                "GET", url, timeout=self._timeout, follow_redirects=False
+            ) as response:
+                status = response.status_code
+                if status in _REDIRECT_STATUSES:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise FetchError(ref, f"HTTP {status} redirect without a Location")
+                    return response.url.join(location)
+                if status == 429 or status >= 500:
+                    raise _Transient(f"HTTP {status}", _retry_after(response))
+                if not 200 <= status < 300:
+                    raise FetchError(ref, f"HTTP {status}")
+                return self._read_body(ref, response, deadline)
+        except httpx.TimeoutException as exc:
+            raise _Transient("timed out") from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+            raise _Transient(f"connection failed ({exc or type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise FetchError(ref, f"request failed ({exc or type(exc).__name__})") from exc
+        except httpx.InvalidURL as exc:
+            raise FetchError(ref, f"invalid URL ({exc})") from exc
+
+    def _read_body(self, ref: str, response: httpx.Response, deadline: float) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            raise ImageTooLargeError(
+                ref, f"Content-Length {declared} bytes is over the limit of {self._max_bytes} bytes"
+            )
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > self._max_bytes:
+                raise ImageTooLargeError(ref, f"body is over the limit of {self._max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise _Transient("timed out (download too slow)")
+        return bytes(body)
+
+
+class _Transient(Exception):
+    """A failure worth retrying; internal to the retry loop."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    # Only the delta-seconds form; an HTTP-date falls back to our own back-off.
+    return float(value) if value.isdigit() else None
+
+
+def _file_url_path(ref: str) -> Path:
+    parts = urlsplit(ref)
+    if parts.netloc not in ("", "localhost"):
+        raise FetchError(ref, f"file URL on a remote host {parts.netloc!r}")
+    return Path(url2pathname(parts.path))
+
+
+class _UrlIndex:
+    """url -> content hash, in sqlite (WAL, so other processes can read while we write)."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS url_blobs ("
+                " url TEXT PRIMARY KEY, hash TEXT NOT NULL, fetched_at REAL NOT NULL)"
+            )
+        except sqlite3.Error:
+            self._db.close()
+            raise
+
+    def get(self, url: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT hash FROM url_blobs WHERE url = ?", (url,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put(self, url: str, digest: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO url_blobs (url, hash, fetched_at) VALUES (?, ?, ?)",
+                (url, digest, time.time()),
+            )
+
+    def forget(self, url: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM url_blobs WHERE url = ?", (url,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _KeyedLocks:
+    """One lock per key, existing only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key) or (threading.Lock(), 0)
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)

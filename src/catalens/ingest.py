@@ -1,0 +1,306 @@
+"""Ingestion: catalog source -> fetch/decode workers -> batched embedding -> one atomic apply.
+
+The run works in two halves so that a crash never leaves a half-updated collection:
+
+1. Look at every product image. Unchanged local files (same size and mtime) and cached URLs
+   are not even decoded; new or changed bytes are decoded and preprocessed in worker threads
+   while the main thread embeds full batches. Each embedded batch is saved to the ledger's
+   ``vectors`` table at once (keyed by content hash), so a killed run loses at most one batch
+   and its re-run embeds only what is still missing.
+2. Apply the change set (products added, changed, removed; images added, re-embedded,
+   failed) to the ledger in one transaction and then to the vector store, under the
+   collection's write lock. Searches see the old state until then.
+
+One bad image is recorded with its reason and skipped; a broken store or model stops the run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from catalens.catalog.base import CatalogSource
+from catalens.collection import ChangeSet, Collection, ImageChange
+from catalens.embedders.base import Embedder
+from catalens.errors import CatalensError
+from catalens.fetch import ImageFetcher
+from catalens.images import ImageLimits, content_hash, decode_image
+from catalens.ledger import ImageRow
+from catalens.types import Product, ValidationReport
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Progress = Callable[[str, int, int | None], None]
+"""``progress(stage, done, total)``: the CLI draws bars from it; the core never prints."""
+
+
+def _no_progress(stage: str, done: int, total: int | None) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class FailedImage:
+    product_id: str
+    ref: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    collection: str
+    source: ValidationReport | None = None
+    products_seen: int = 0
+    products_added: int = 0
+    products_updated: int = 0
+    products_removed: int = 0
+    images_seen: int = 0
+    images_embedded: int = 0
+    images_reused: int = 0
+    """Embedding found in the ledger (unchanged image, duplicate bytes, or a resumed run)."""
+    images_unchanged: int = 0
+    images_removed: int = 0
+    failed: list[FailedImage] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_failed(self) -> int:
+        return len(self.failed)
+
+
+@dataclass(frozen=True)
+class _Task:
+    product_id: str
+    ref: str
+    position: int
+    previous: ImageRow | None
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    task: _Task
+    content_hash: str | None = None
+    pixels: NDArray[np.float32] | None = None
+    file_size: int | None = None
+    file_mtime_ns: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class Ingestor:
+    """Runs one ingest of a source into a collection with an embedder."""
+
+    collection: Collection
+    embedder: Embedder
+    fetcher: ImageFetcher
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    batch_size: int = 32
+    workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    progress: Progress = _no_progress
+    remove_missing: bool = True
+    """Products absent from the source are removed (a full sync); off for partial upserts."""
+
+    def run(self, source: CatalogSource | Iterable[Product]) -> IngestReport:
+        started = time.perf_counter()
+        self.collection.check_model(self.embedder.identity)
+        report = IngestReport(collection=self.collection.name)
+        ledger = self.collection.ledger
+        previous = ledger.all_images()
+        known_products = ledger.product_ids()
+        changes = ChangeSet()
+
+        products = list(source)
+        report.source = getattr(source, "report", None)
+        report.products_seen = len(products)
+        tasks: list[_Task] = []
+        seen_refs: set[tuple[str, str]] = set()
+        for product in products:
+            changes.products.append(product)
+            if product.id in known_products:
+                report.products_updated += 1
+            else:
+                report.products_added += 1
+            for position, ref in enumerate(dict.fromkeys(product.images)):
+                key = (product.id, ref)
+                seen_refs.add(key)
+                tasks.append(_Task(product.id, ref, position, previous.get(key)))
+        report.images_seen = len(tasks)
+
+        for loaded in self._embed_all(tasks, report):
+            changes.images.append(self._image_change(loaded, report))
+
+        seen_ids = {p.id for p in products}
+        for (product_id, ref), row in previous.items():
+            if row.origin != "catalog" or (product_id, ref) in seen_refs:
+                continue
+            if product_id in seen_ids or self.remove_missing:
+                changes.removed_images.append((product_id, ref))
+                report.images_removed += 1
+        if self.remove_missing:
+            changes.removed_products = sorted(known_products - seen_ids)
+            report.products_removed = len(changes.removed_products)
+
+        self.progress("apply", 0, 1)
+        self.collection.apply(changes)
+        self.progress("apply", 1, 1)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # -- workers -------------------------------------------------------------------------
+
+    def _embed_all(self, tasks: list[_Task], report: IngestReport) -> Iterator[_Loaded]:
+        """Load every task in worker threads, embed new pixels in batches, yield in order."""
+        known = self.collection.ledger.known_hashes(
+            row.content_hash for row in (t.previous for t in tasks) if row and row.content_hash
+        )
+        known_lock = threading.Lock()
+        pending: list[_Loaded] = []
+        done = 0
+        self.progress("embed", 0, len(tasks))
+
+        def is_known(digest: str) -> bool:
+            with known_lock:
+                if digest in known:
+                    return True
+            # A resumed run finds the vectors its killed predecessor already saved.
+            if self.collection.ledger.known_hashes([digest]):
+                with known_lock:
+                    known.add(digest)
+                return True
+            return False
+
+        def load(task: _Task) -> _Loaded:
+            return self._load(task, is_known)
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="catalens-load") as pool:
+            for loaded in _bounded_map(pool, load, tasks, lookahead=self.batch_size * 3):
+                pending.append(loaded)
+                if sum(1 for p in pending if p.pixels is not None) >= self.batch_size:
+                    yield from self._flush_batch(pending, known, known_lock, report)
+                    done += len(pending)
+                    pending = []
+                    self.progress("embed", done, len(tasks))
+            yield from self._flush_batch(pending, known, known_lock, report)
+        self.progress("embed", len(tasks), len(tasks))
+
+    def _flush_batch(
+        self,
+        pending: list[_Loaded],
+        known: set[str],
+        known_lock: threading.Lock,
+        report: IngestReport,
+    ) -> Iterator[_Loaded]:
+        # Several products may share one image: embed each new hash once per batch.
+        fresh: dict[str, NDArray[np.float32]] = {}
+        for item in pending:
+            if item.pixels is not None and item.content_hash and item.content_hash not in known:
+                fresh.setdefault(item.content_hash, item.pixels)
+        if fresh:
+            vectors = self.embedder.embed_pixels(np.stack(list(fresh.values())))
+            self.collection.ledger.save_vectors(list(fresh), vectors)
+            with known_lock:
+                known.update(fresh)
+            report.images_embedded += len(fresh)
+        yield from pending
+
+    def _load(self, task: _Task, is_known: Callable[[str], bool]) -> _Loaded:
+        previous = task.previous
+        local = _local_path(task.ref)
+        stat = None
+        if local is not None:
+            try:
+                stat = local.stat()
+            except OSError as exc:
+                return _Loaded(task, error=f"cannot read file: {exc.strerror or exc}")
+            if (
+                previous is not None
+                and previous.status == "ok"
+                and previous.content_hash
+                and previous.file_size == stat.st_size
+                and previous.file_mtime_ns == stat.st_mtime_ns
+            ):
+                return _Loaded(task, previous.content_hash, None, stat.st_size, stat.st_mtime_ns)
+        try:
+            fetched = self.fetcher.fetch(task.ref)
+            digest = fetched.content_hash or content_hash(fetched.data)
+            size = stat.st_size if stat else None
+            mtime = stat.st_mtime_ns if stat else None
+            unchanged = previous is not None and previous.content_hash == digest
+            if unchanged or is_known(digest):
+                return _Loaded(task, digest, None, size, mtime)
+            image = decode_image(fetched.data, source=task.ref, limits=self.limits)
+            pixels = self.embedder.preprocess(image)
+            return _Loaded(task, digest, pixels, size, mtime)
+        except CatalensError as exc:
+            return _Loaded(task, error=str(exc))
+
+    def _image_change(self, loaded: _Loaded, report: IngestReport) -> ImageChange:
+        task, previous = loaded.task, loaded.task.previous
+        if loaded.error is not None:
+            report.failed.append(FailedImage(task.product_id, task.ref, loaded.error))
+            if previous is not None and previous.status == "ok":
+                # A transient failure must not drop a product that was searchable:
+                # keep its last good vector and note the error.
+                return ImageChange(
+                    task.product_id,
+                    task.ref,
+                    task.position,
+                    previous.content_hash,
+                    "ok",
+                    loaded.error,
+                    previous.file_size,
+                    previous.file_mtime_ns,
+                )
+            return ImageChange(
+                task.product_id, task.ref, task.position, None, "failed", loaded.error
+            )
+        unchanged = (
+            previous is not None
+            and previous.status == "ok"
+            and previous.content_hash == loaded.content_hash
+        )
+        if unchanged:
+            report.images_unchanged += 1
+        elif loaded.pixels is None:
+            report.images_reused += 1
+        return ImageChange(
+            task.product_id,
+            task.ref,
+            task.position,
+            loaded.content_hash,
+            "ok",
+            None,
+            loaded.file_size,
+            loaded.file_mtime_ns,
+        )
+
+
+def _local_path(ref: str) -> Path | None:
+    if ref.startswith(("http://", "https://")):
+        return None
+    if ref.startswith("file://"):
+        return Path(ref[len("file://") :])
+    return Path(ref)
+
+
+def _bounded_map(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], *, lookahead: int
+) -> Iterator[R]:
+    """``pool.map`` that keeps at most ``lookahead`` items in flight (bounded memory)."""
+    queue: deque[Future[R]] = deque()
+    for item in items:
+        queue.append(pool.submit(fn, item))
+        if len(queue) >= lookahead:
+            yield queue.popleft().result()
+    while queue:
+        yield queue.popleft().result()

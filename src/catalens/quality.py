@@ -1,0 +1,130 @@
+"""Cold-start retrieval gains that need no training: query zoom views and domain centering.
+
+Shopper photos and catalog images differ in two systematic ways, and both are corrected here:
+
+- **Framing.** A catalog image shows the product filling the frame; a shopper photo shows it
+  with shelf around it. ``zoom_views`` embeds the query at several centre zooms and averages
+  the unit vectors, so the product-filling views dominate without losing the full view.
+- **Domain.** Every photo embedding shares a large "photo-ness" component that catalog
+  images lack, which crowds out product identity in the cosine. ``DomainCentering`` keeps a
+  running mean of recent query embeddings and subtracts it from both sides before the cosine
+  (symmetrically), as in whitening-style domain adaptation.
+
+Both are switched per collection (``SearchOptions``) and measured with ``catalens eval``:
+see docs/quality.md.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from catalens.embedders.base import Embedder, embed_images, l2_normalize
+
+DEFAULT_ZOOMS = (1.0, 1.25, 1.5625)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Per-collection retrieval switches, stored in ``collection.json``."""
+
+    query_zooms: tuple[float, ...] = DEFAULT_ZOOMS
+    """Centre zoom factors for the query (1.0 = the model's own framing only)."""
+    centering: bool = True
+    """Subtract the running mean of recent queries from both sides before the cosine."""
+    centering_min_queries: int = 8
+    """Below this many queries seen, the mean is too noisy: plain cosine is used."""
+    centering_window: int = 2000
+    """The running mean forgets older queries with this effective window (EMA)."""
+    rerank_depth: int = 512
+    """Image candidates (from the plain index) re-scored with centering per search."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SearchOptions:
+        if not data:
+            return cls()
+        values = dict(data)
+        if "query_zooms" in values:
+            values["query_zooms"] = tuple(float(z) for z in values["query_zooms"])
+        return cls(**values)
+
+
+def center_crop(image: Image.Image, zoom: float) -> Image.Image:
+    """The central 1/zoom of the image (zoom 1.0 returns the image itself)."""
+    if zoom <= 1.0:
+        return image
+    width, height = image.size
+    w, h = max(1, round(width / zoom)), max(1, round(height / zoom))
+    left, top = (width - w) // 2, (height - h) // 2
+    return image.crop((left, top, left + w, top + h))
+
+
+def zoom_views(
+    embedder: Embedder, image: Image.Image, zooms: Sequence[float] = DEFAULT_ZOOMS
+) -> NDArray[np.float32]:
+    """One query vector: the mean of the unit vectors of each centre zoom, renormalised."""
+    views = [center_crop(image, zoom) for zoom in (zooms or (1.0,))]
+    vectors = embed_images(embedder, views)
+    mean: NDArray[np.float32] = l2_normalize(vectors.mean(axis=0, keepdims=True))[0]
+    return mean
+
+
+@dataclass
+class DomainCentering:
+    """A running (exponentially weighted) mean of query embeddings. Thread-safe."""
+
+    dim: int
+    window: int = 2000
+    count: int = 0
+    mean: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mean.size != self.dim:
+            self.mean = np.zeros(self.dim, dtype=np.float64)
+
+    def observe(self, query: NDArray[np.float32]) -> None:
+        with self._lock:
+            self.count += 1
+            # Cumulative mean at first, then an EMA so the mean follows the current cameras.
+            rate = 1.0 / min(self.count, self.window)
+            self.mean += rate * (np.asarray(query, dtype=np.float64) - self.mean)
+
+    def current(self, min_queries: int) -> NDArray[np.float32] | None:
+        with self._lock:
+            if self.count < min_queries:
+                return None
+            return self.mean.astype(np.float32)
+
+    def dumps(self) -> str:
+        with self._lock:
+            return json.dumps({"count": self.count, "mean": self.mean.tolist()})
+
+    @classmethod
+    def loads(cls, text: str | None, dim: int, window: int) -> DomainCentering:
+        if not text:
+            return cls(dim=dim, window=window)
+        data = json.loads(text)
+        mean = np.asarray(data["mean"], dtype=np.float64)
+        if mean.size != dim:
+            return cls(dim=dim, window=window)
+        return cls(dim=dim, window=window, count=int(data["count"]), mean=mean)
+
+
+def centered_scores(
+    query: NDArray[np.float32], candidates: NDArray[np.float32], mean: NDArray[np.float32]
+) -> NDArray[np.float32]:
+    """Cosine between ``query - mean`` and each ``candidate - mean``."""
+    q = l2_normalize((query - mean).reshape(1, -1))[0]
+    c = l2_normalize(candidates - mean)
+    return np.asarray(c @ q, dtype=np.float32)

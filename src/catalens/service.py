@@ -1,0 +1,422 @@
+"""The service object every layer (CLI, HTTP API, web UI) talks to.
+
+``build_service(settings)`` composes the object graph once: embedders are loaded lazily and
+shared per model, collections are opened once and cached, one fetcher (with its download
+cache) serves every ingest.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from catalens.catalog import ColumnMapping, open_catalog
+from catalens.catalog.base import CatalogSource
+from catalens.collection import (
+    Collection,
+    CollectionConfig,
+    SourceConfig,
+    check_name,
+    read_config,
+    remove_collection_dir,
+)
+from catalens.embedders import load_embedder
+from catalens.embedders.base import Embedder, TextEmbedder, embed_images, has_text_tower
+from catalens.errors import CatalensError, CollectionNotFoundError, ConfigError, ModelError
+from catalens.fetch import ImageFetcher
+from catalens.images import ImageLimits, decode_image, load_image
+from catalens.ingest import Ingestor, IngestReport, Progress
+from catalens.quality import SearchOptions, zoom_views
+from catalens.settings import Settings
+from catalens.stores.base import VectorStore
+from catalens.stores.faiss_store import FaissOptions, FaissStore
+from catalens.types import Hit, Product
+
+EmbedderLoader = Callable[[str], Embedder]
+QueryImage = bytes | Path | str | Image.Image
+ALL = "all"
+
+
+def faiss_factory(settings: Settings) -> Callable[[CollectionConfig, Path], VectorStore]:
+    def open_store(config: CollectionConfig, directory: Path) -> VectorStore:
+        if config.store != "faiss":
+            raise ConfigError(f"unknown store {config.store!r} for collection {config.name!r}")
+        options = FaissOptions(
+            index_type=config.index,  # type: ignore[arg-type]
+            metric=config.metric,  # type: ignore[arg-type]
+            hnsw_m=settings.hnsw_m,
+            hnsw_ef_construction=settings.hnsw_ef_construction,
+            hnsw_ef_search=settings.hnsw_ef_search,
+            ivf_nlist=settings.ivf_nlist,
+            ivf_nprobe=settings.ivf_nprobe,
+        )
+        return FaissStore.open(directory / "faiss", dim=config.model.dim, options=options)
+
+    return open_store
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    name: str
+    model: str
+    dim: int
+    index: str
+    store: str
+    products: int
+    images: int
+    failed_images: int
+    last_sync: Mapping[str, Any] | None
+
+
+class CatalensService:
+    """Collections, models and ingestion behind one object. Thread-safe."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder_loader: EmbedderLoader | None = None,
+        fetcher: ImageFetcher | None = None,
+    ) -> None:
+        self.settings = settings
+        self._load_embedder = embedder_loader or self._default_loader
+        self._embedders: dict[str, Embedder] = {}
+        self._collections: dict[str, Collection] = {}
+        self._lock = threading.RLock()
+        self._ingest_locks: dict[str, threading.Lock] = {}
+        self._store_factory = faiss_factory(settings)
+        self.limits = ImageLimits(
+            max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+        )
+        self.fetcher = fetcher or ImageFetcher(
+            settings.cache_dir / "downloads",
+            workers=settings.download_workers,
+            timeout=settings.download_timeout,
+            retries=settings.download_retries,
+            max_bytes=settings.max_image_bytes,
+        )
+
+    def _default_loader(self, spec: str) -> Embedder:
+        return load_embedder(
+            spec,
+            device=self.settings.device,
+            batch_size=self.settings.batch_size,
+            local_files_only=self.settings.hf_offline,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            for collection in self._collections.values():
+                collection.close()
+            self._collections.clear()
+        self.fetcher.close()
+
+    # -- models --------------------------------------------------------------------------
+
+    def embedder(self, spec: str | None = None) -> Embedder:
+        """The embedder for ``spec`` (default: the configured model), loaded once."""
+        key = spec or self.settings.model
+        with self._lock:
+            if key not in self._embedders:
+                self._embedders[key] = self._load_embedder(key)
+            return self._embedders[key]
+
+    def embedder_for(self, collection: Collection) -> Embedder:
+        embedder = self.embedder(collection.config.model_spec)
+        collection.check_model(embedder.identity)
+        return embedder
+
+    # -- collections ---------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        return self.settings.collections_dir / check_name(name)
+
+    def collection_names(self) -> list[str]:
+        root = self.settings.collections_dir
+        if not root.is_dir():
+            return []
+        return sorted(
+            p.name for p in root.iterdir() if (p / "collection.json").is_file() and p.name[0] != "."
+        )
+
+    def collection(self, name: str) -> Collection:
+        with self._lock:
+            cached = self._collections.get(name)
+            if cached is not None:
+                return cached
+            directory = self._dir(name)
+            if not (directory / "collection.json").is_file():
+                raise CollectionNotFoundError(f"no collection named {name!r}")
+            opened = Collection.open(directory, self._store_factory)
+            self._collections[name] = opened
+            return opened
+
+    def create_collection(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        index: str | None = None,
+        metric: str | None = None,
+        store: str | None = None,
+        source: SourceConfig | None = None,
+    ) -> Collection:
+        directory = self._dir(name)
+        with self._lock:
+            if (directory / "collection.json").is_file():
+                raise ConfigError(f"collection {name!r} already exists")
+            spec = model or self.settings.model
+            embedder = self.embedder(spec)
+            config = CollectionConfig(
+                name=name,
+                model_spec=spec,
+                model=embedder.identity,
+                store=store or self.settings.store,
+                index=index or self.settings.index,
+                metric=metric or self.settings.metric,
+                source=source,
+                search=SearchOptions(
+                    query_zooms=self.settings.query_zooms, centering=self.settings.centering
+                ),
+            )
+            created = Collection.create(directory, config, self._store_factory)
+            self._collections[name] = created
+            return created
+
+    def delete_collection(self, name: str) -> None:
+        with self._lock:
+            collection = self._collections.pop(name, None)
+            if collection is not None:
+                with collection.lock.write():
+                    collection.close()
+            remove_collection_dir(self._dir(name))
+
+    def summaries(self) -> list[CollectionSummary]:
+        result = []
+        for name in self.collection_names():
+            info = self.collection(name).info()
+            result.append(
+                CollectionSummary(
+                    name=name,
+                    model=info["model"],
+                    dim=info["dim"],
+                    index=info["index"],
+                    store=info["store"],
+                    products=info["products"],
+                    images=info["images"],
+                    failed_images=info["failed_images"],
+                    last_sync=info["last_sync"],
+                )
+            )
+        return result
+
+    # -- ingestion -----------------------------------------------------------------------
+
+    def open_source(self, source: SourceConfig) -> CatalogSource:
+        mapping = ColumnMapping(**source.mapping) if source.mapping else None
+        return open_catalog(
+            source.location,
+            format=source.format,  # type: ignore[arg-type]
+            mapping=mapping,
+            where=source.where,
+        )
+
+    def ingest(
+        self,
+        name: str,
+        source: SourceConfig | None = None,
+        *,
+        model: str | None = None,
+        index: str | None = None,
+        metric: str | None = None,
+        store: str | None = None,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """Bring collection ``name`` in line with ``source`` (or its configured source).
+
+        Creates the collection when it does not exist; ``force`` rebuilds it from scratch.
+        """
+        with self._ingest_lock(name):
+            exists = name in self.collection_names()
+            if exists and force:
+                self.delete_collection(name)
+                exists = False
+            if exists:
+                collection = self.collection(name)
+                if model is not None:
+                    collection.check_model(self.embedder(model).identity)
+                if source is None:
+                    source = collection.config.source
+                    if source is None:
+                        raise ConfigError(f"collection {name!r} has no source configured")
+                elif source != collection.config.source:
+                    collection.update_source(source)
+            else:
+                if source is None:
+                    raise ConfigError(f"collection {name!r} does not exist: give a --source")
+                collection = self.create_collection(
+                    name, model=model, index=index, metric=metric, store=store, source=source
+                )
+            catalog = self.open_source(source)
+            report = self._ingestor(collection, progress).run(catalog)
+            collection.ledger.set_meta("last_sync", json.dumps(_sync_summary(report)))
+            collection.ledger.prune_vectors()
+            return report
+
+    def sync(self, name: str, *, progress: Progress | None = None) -> IngestReport:
+        return self.ingest(name, progress=progress)
+
+    def upsert_products(self, name: str, products: Sequence[Product]) -> IngestReport:
+        """Add or replace some products now, leaving the rest of the collection as it is."""
+        collection = self.collection(name)
+        with self._ingest_lock(name):
+            ingestor = self._ingestor(collection, None)
+            ingestor.remove_missing = False
+            return ingestor.run(products)
+
+    def delete_products(self, name: str, product_ids: Sequence[str]) -> int:
+        from catalens.collection import ChangeSet
+
+        collection = self.collection(name)
+        known = collection.ledger.product_ids()
+        missing = [pid for pid in product_ids if pid not in known]
+        collection.apply(ChangeSet(removed_products=[p for p in product_ids if p in known]))
+        return len(product_ids) - len(missing)
+
+    def _ingestor(self, collection: Collection, progress: Progress | None) -> Ingestor:
+        ingestor = Ingestor(
+            collection=collection,
+            embedder=self.embedder_for(collection),
+            fetcher=self.fetcher,
+            limits=self.limits,
+            batch_size=self.settings.batch_size,
+        )
+        if progress is not None:
+            ingestor.progress = progress
+        return ingestor
+
+    def _ingest_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._ingest_locks.setdefault(name, threading.Lock())
+
+    # -- queries -------------------------------------------------------------------------
+
+    def decode_query(self, image: QueryImage) -> Image.Image:
+        """A query image from bytes, a path, an http(s) URL, or an already decoded image."""
+        if isinstance(image, Image.Image):
+            return image.convert("RGB")
+        if isinstance(image, bytes):
+            return decode_image(image, source="query image", limits=self.limits)
+        ref = str(image)
+        if ref.startswith(("http://", "https://")):
+            fetched = self.fetcher.fetch(ref)
+            return decode_image(fetched.data, source=ref, limits=self.limits)
+        return load_image(ref, limits=self.limits)
+
+    def embed_image(self, image: QueryImage, *, model: str | None = None) -> NDArray[np.float32]:
+        embedder = self.embedder(model)
+        vector: NDArray[np.float32] = embed_images(embedder, [self.decode_query(image)])[0]
+        return vector
+
+    def embed_text(self, text: str, *, model: str | None = None) -> NDArray[np.float32]:
+        embedder = self.embedder(model)
+        if not has_text_tower(embedder) or not isinstance(embedder, TextEmbedder):
+            raise ModelError(f"model {embedder.identity.name} has no text tower: search by image")
+        vector: NDArray[np.float32] = embedder.embed_texts([text])[0]
+        return vector
+
+    def search(
+        self,
+        name: str,
+        *,
+        image: QueryImage | None = None,
+        text: str | None = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[Hit]:
+        """Search one collection, or every collection with ``name == "all"``."""
+        if (image is None) == (text is None):
+            raise ConfigError("search needs exactly one of an image or a text")
+        k = top_k or self.settings.top_k
+        cutoff = threshold if threshold is not None else self.settings.threshold
+        names = self.collection_names() if name == ALL else [name]
+        decoded = self.decode_query(image) if image is not None else None
+        vectors: dict[tuple[str, tuple[float, ...]], NDArray[np.float32]] = {}
+        hits: list[Hit] = []
+        for each in names:
+            collection = self.collection(each)
+            zooms = collection.config.search.query_zooms
+            key = (collection.config.model_spec, zooms)
+            if key not in vectors:
+                embedder = self.embedder_for(collection)
+                if decoded is not None:
+                    vectors[key] = zoom_views(embedder, decoded, zooms)
+                elif isinstance(embedder, TextEmbedder) and has_text_tower(embedder):
+                    vectors[key] = embedder.embed_texts([text or ""])[0]
+                elif name == ALL:
+                    continue
+                else:
+                    raise ModelError(
+                        f"collection {each!r} uses {embedder.identity.name}, which has no "
+                        "text tower: search it by image"
+                    )
+            if decoded is not None:
+                collection.observe_query(vectors[key])
+            hits.extend(
+                collection.search(
+                    vectors[key], top_k=k, threshold=cutoff, filters=filters, center=text is None
+                )
+            )
+        if len(names) > 1:
+            hits.sort(key=lambda hit: -hit.score)
+            hits = [
+                Hit(**{**asdict(hit), "rank": rank}) for rank, hit in enumerate(hits[:k], start=1)
+            ]
+        return hits
+
+
+def _sync_summary(report: IngestReport) -> dict[str, Any]:
+    return {
+        "finished_at": time.time(),
+        "seconds": round(report.seconds, 3),
+        "products": report.products_seen,
+        "added": report.products_added,
+        "removed": report.products_removed,
+        "images_embedded": report.images_embedded,
+        "images_failed": report.images_failed,
+        "rejected_rows": len(report.source.rejected) if report.source else 0,
+    }
+
+
+def build_service(settings: Settings | None = None) -> CatalensService:
+    """Compose catalens from settings: the one place the object graph is wired."""
+    resolved = settings or Settings()
+    resolved.home.mkdir(parents=True, exist_ok=True)
+    return CatalensService(resolved)
+
+
+def wipe_home(settings: Settings) -> None:
+    """Remove every collection and cache (used by tests and ``make clean``)."""
+    shutil.rmtree(settings.home, ignore_errors=True)
+
+
+__all__ = [
+    "ALL",
+    "CatalensError",
+    "CatalensService",
+    "CollectionSummary",
+    "build_service",
+    "read_config",
+]

@@ -1,0 +1,113 @@
+"""Settings: ``CATALENS_*`` environment variables, an optional TOML file, then defaults.
+
+One ``Settings`` object is built at the edge (CLI, app factory) and passed down explicitly;
+nothing reads the environment below this module.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+IndexType = Literal["flat", "hnsw", "ivf"]
+Metric = Literal["cosine", "l2"]
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+FALLBACK_MODEL = "efficientnet-lite0"
+
+
+def default_home() -> Path:
+    return Path(platformdirs.user_data_dir("catalens", appauthor=False))
+
+
+def config_file() -> Path | None:
+    """``CATALENS_CONFIG`` if set, else ``$CATALENS_HOME/catalens.toml`` when it exists."""
+    explicit = os.environ.get("CATALENS_CONFIG")
+    if explicit:
+        return Path(explicit)
+    home = Path(os.environ.get("CATALENS_HOME") or default_home())
+    candidate = home / "catalens.toml"
+    return candidate if candidate.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Every knob catalens has. Environment: ``CATALENS_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="CATALENS_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    """Where collections, the download cache and exported models live."""
+
+    # Models
+    model: str = DEFAULT_MODEL
+    """Default model for new collections: a hub id, a local directory, or a built-in name."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    batch_size: int = Field(default=32, ge=1)
+    hf_offline: bool = False
+    """Load Hugging Face models from the local cache only."""
+
+    # Vector store
+    store: str = "faiss"
+    index: IndexType = "flat"
+    metric: Metric = "cosine"
+    hnsw_m: int = Field(default=32, ge=4)
+    hnsw_ef_construction: int = Field(default=200, ge=8)
+    hnsw_ef_search: int = Field(default=128, ge=8)
+    ivf_nlist: int = Field(default=0, ge=0)
+    """IVF lists; 0 picks about 4*sqrt(n) when the index is trained."""
+    ivf_nprobe: int = Field(default=16, ge=1)
+
+    # Images and downloads
+    max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=50_000_000, ge=1)
+    download_workers: int = Field(default=8, ge=1)
+    download_timeout: float = Field(default=10.0, gt=0)
+    download_retries: int = Field(default=3, ge=0)
+
+    # Search
+    top_k: int = Field(default=10, ge=1)
+    threshold: float | None = None
+    query_zooms: tuple[float, ...] = (1.0, 1.25, 1.5625)
+    """Centre zooms averaged for photo queries in new collections (see quality.py)."""
+    centering: bool = True
+    """Domain centering (running mean of queries) for new collections."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def collections_dir(self) -> Path:
+        return self.home / "collections"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as handle:
+        return tomllib.load(handle)

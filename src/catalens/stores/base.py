@@ -1,0 +1,48 @@
+"""The vector store seam: image vectors in, nearest images out.
+
+A store holds one vector per catalog image, keyed by an integer ``image_id`` that the
+collection's sqlite ledger allocates, with the id of the product the image belongs to.
+Product-level grouping (best image per product) happens above the store, in the collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from catalens.types import ImageMatch
+
+
+class VectorStore(Protocol):
+    """A persistent index of image vectors. Vectors are L2-normalised float32 (n, d)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def __len__(self) -> int:
+        """How many image vectors are searchable."""
+        ...
+
+    def upsert(
+        self,
+        image_ids: Sequence[int],
+        product_ids: Sequence[str],
+        vectors: NDArray[np.float32],
+    ) -> None:
+        """Add vectors; an image id already present is replaced."""
+        ...
+
+    def delete(self, image_ids: Sequence[int]) -> None:
+        """Remove vectors by image id; unknown ids are ignored."""
+        ...
+
+    def search(self, queries: NDArray[np.float32], k: int) -> list[list[ImageMatch]]:
+        """For each query row, up to ``k`` images, best first."""
+        ...
+
+    def flush(self) -> None:
+        """Make every change so far durable, atomically (all of it or none of it)."""
+        ...

@@ -1,0 +1,116 @@
+"""Domain values shared by every layer: frozen dataclasses, no behaviour beyond conversion."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Product:
+    """A catalog product: an id, a title, its image references and everything else."""
+
+    id: str
+    title: str
+    images: tuple[str, ...]
+    """Paths or http(s) URLs, in catalog order (the first is the preview)."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """A source row that could not become a product."""
+
+    line: int
+    reason: str
+
+
+@dataclass
+class ValidationReport:
+    """What a catalog source read: counts and every rejected row with its line and reason."""
+
+    source: str
+    rows: int = 0
+    products: int = 0
+    images: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
+    repaired: list[RejectedRow] = field(default_factory=list)
+    """Rows accepted after an unambiguous repair (e.g. a malformed JSON image array)."""
+    skipped: int = 0
+    """Rows left out on purpose by a ``where`` filter (not errors)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Everything that makes two embedders' vectors comparable.
+
+    Recorded with each collection; a collection refuses an embedder whose identity differs.
+    """
+
+    name: str
+    revision: str
+    """A hub revision, or a content hash of the weights file for local models."""
+    dim: int
+    preprocessing: Mapping[str, Any]
+    has_text_tower: bool = False
+
+    def key(self) -> str:
+        """A stable string that two identical identities share."""
+        return json.dumps(
+            {
+                "name": self.name,
+                "revision": self.revision,
+                "dim": self.dim,
+                "preprocessing": dict(self.preprocessing),
+            },
+            sort_keys=True,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["preprocessing"] = dict(self.preprocessing)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelIdentity:
+        return cls(
+            name=str(data["name"]),
+            revision=str(data["revision"]),
+            dim=int(data["dim"]),
+            preprocessing=dict(data.get("preprocessing", {})),
+            has_text_tower=bool(data.get("has_text_tower", False)),
+        )
+
+
+@dataclass(frozen=True)
+class ImageMatch:
+    """One image-level result from a vector store."""
+
+    image_id: int
+    product_id: str
+    score: float
+    """Cosine similarity (higher is better) or, for the L2 metric, negative squared distance."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One product-level search result: the product scored by its best-matching image."""
+
+    rank: int
+    product_id: str
+    title: str
+    score: float
+    image: str
+    """The catalog reference (path or URL) of the image that matched best."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    collection: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["metadata"] = dict(self.metadata)
+        return data
