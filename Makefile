@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.catalens-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck format bench clean
+.PHONY: install demo test lint typecheck format docs clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/catalens demo
+	$(VENV)/bin/catalens demo --serve
 
 lint: install
 	$(PY) -m ruff check src tests bench
@@ -36,6 +36,9 @@ test: install lint typecheck
 format: install
 	$(PY) -m ruff format src tests bench
 	$(PY) -m ruff check --fix src tests bench
+
+docs: install
+	$(VENV)/bin/typer catalens.cli utils docs --name catalens --title "catalens CLI reference" --output docs/cli.md
 
 clean:
 	rm -rf $(VENV) demo-data test-artifacts .mypy_cache .ruff_cache .pytest_cache

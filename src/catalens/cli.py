@@ -109,6 +109,10 @@ def ingest(
     model: Annotated[str | None, typer.Option(help="Model for a new collection.")] = None,
     index: Annotated[str | None, typer.Option(help="flat, hnsw or ivf.")] = None,
     metric: Annotated[str | None, typer.Option(help="cosine or l2.")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="faiss (default), a postgresql:// DSN, or postgres-local."),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild the collection from scratch.")] = False,
     id_column: Annotated[str | None, typer.Option(help="CSV/JSONL column with the id.")] = None,
     title_column: Annotated[str | None, typer.Option(help="Column with the title.")] = None,
@@ -137,6 +141,7 @@ def ingest(
             model=model,
             index=index,
             metric=metric,
+            store=store,
             force=force,
             progress=_Bars(progress),
         )
@@ -298,6 +303,10 @@ def demo(
     ),
     collection: Annotated[str, typer.Option("--collection", "-c")] = "demo",
     model: Annotated[str | None, typer.Option(help="Model (default: CLIP, else built-in).")] = None,
+    serve_after: Annotated[
+        bool, typer.Option("--serve", help="Then serve the API and web UI.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port for --serve.")] = 8000,
 ) -> None:
     """Generate a sample catalog, ingest it, and search its shopper photos."""
     from catalens.demo import run_demo
@@ -306,6 +315,47 @@ def demo(
         ok = run_demo(service, directory, collection=collection, model=model, console=out)
     if not ok:
         raise typer.Exit(1)
+    if serve_after:
+        import os
+
+        os.environ.setdefault("CATALENS_DEFAULT_COLLECTION", collection)
+        out.print(f"web UI: http://127.0.0.1:{port}/  (API docs at /docs; Ctrl-C stops)")
+        serve(host="127.0.0.1", port=port, workers=1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (CATALENS_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (CATALENS_PORT).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (CATALENS_WORKERS).")
+    ] = None,
+) -> None:
+    """Serve the HTTP API and web UI with uvicorn (API docs at /docs)."""
+    try:
+        import uvicorn
+
+        from catalens.api.app import create_app
+        from catalens.api.legacy_env import settings_from_env
+    except ImportError as exc:
+        err.print(
+            f"[red]error:[/red] serving needs the serve extra ({exc.name} is missing): "
+            "pip install 'catalens[serve]'",
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
+    settings = settings_from_env(host=host, port=port, workers=workers)
+    if settings.workers > 1:
+        # Each worker process builds its own app (and service) from the environment.
+        uvicorn.run(
+            "catalens.api.app:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+        )
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
 def main() -> None:

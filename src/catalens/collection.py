@@ -198,28 +198,19 @@ class Collection:
 
     def _reconcile(self) -> None:
         """Rebuild the store from the ledger when a crash left it behind."""
-        tag = str(self.ledger.generation)
-        store_tag = getattr(self.store, "generation", lambda: None)()
-        if store_tag == tag:
-            return
-        self.rebuild_store()
+        if self.store.generation() != str(self.ledger.generation):
+            self.rebuild_store()
 
     def rebuild_store(self) -> None:
         with self.lock.write():
-            existing = getattr(self.store, "clear", None)
-            if existing is not None:
-                existing()
+            self.store.clear()
             dim = self.config.model.dim
             for image_ids, product_ids, hashes in self.ledger.searchable():
                 self.store.upsert(image_ids, product_ids, self.ledger.vectors_for(hashes, dim))
             self._flush()
 
     def _flush(self) -> None:
-        flush: Callable[..., None] = self.store.flush
-        try:
-            flush(tag=str(self.ledger.generation))
-        except TypeError:
-            flush()
+        self.store.flush(tag=str(self.ledger.generation))
 
     # -- changes -------------------------------------------------------------------------
 

@@ -1,9 +1,12 @@
 """Image bytes from local paths and URLs, with downloads kept in a content-addressed cache.
 
 Blobs live at ``cache_dir/blobs/<hash[:2]>/<hash>``; a sqlite index maps each URL to the hash
-of what it served, so a URL is downloaded once across runs. ``fetch_many`` runs a thread pool
-with bounded look-ahead and yields results in input order, errors as values: one bad image
-never stops an ingest run.
+of what it served (and the ``ETag``/``Last-Modified`` it came with), so a URL is downloaded
+once across runs. ``fetch(ref, revalidate=True)`` asks the server whether a cached URL still
+holds the same bytes (a conditional GET: 304 keeps the cache, 200 replaces it; a server that
+gives no validators is simply downloaded again). ``fetch_many`` runs a thread pool with
+bounded look-ahead and yields results in input order, errors as values: one bad image never
+stops an ingest run.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,7 +60,8 @@ class FetchedImage:
     content_hash: str
     """sha256 hex of ``data``."""
     cached: bool
-    """True when no network request was made (a cache hit or a local file)."""
+    """True when the bytes were not downloaded: a local file, or a cache hit (also one that a
+    conditional request confirmed with 304 Not Modified)."""
 
 
 class ImageFetcher:
@@ -124,11 +128,17 @@ class ImageFetcher:
             self._client.close()
         self._index.close()
 
-    def fetch(self, ref: str) -> FetchedImage:
-        """The bytes of one image reference; see the class docstring for the errors."""
+    def fetch(self, ref: str, *, revalidate: bool = False) -> FetchedImage:
+        """The bytes of one image reference; see the class docstring for the errors.
+
+        With ``revalidate``, a URL found in the cache is checked with the server (a
+        conditional GET with the stored ``ETag``/``Last-Modified``, else a plain download)
+        instead of being trusted; callers waiting on the same URL share one check.
+        Ignored for local files, which are always read afresh.
+        """
         lowered = ref.lower()
         if lowered.startswith(("http://", "https://")):
-            return self._fetch_url(ref)
+            return self._fetch_url(ref, revalidate=revalidate)
         if lowered.startswith("file:"):
             return self._fetch_local(ref, _file_url_path(ref))
         scheme = _URL_SCHEME.match(ref)
@@ -140,7 +150,7 @@ class ImageFetcher:
         return self._fetch_local(ref, path)
 
     def fetch_many(
-        self, refs: Iterable[str], *, lookahead: int | None = None
+        self, refs: Iterable[str], *, lookahead: int | None = None, revalidate: bool = False
     ) -> Generator[tuple[str, FetchedImage | CatalensError], None, None]:
         """``(ref, result)`` for each ref, in input order; failures are yielded, not raised.
 
@@ -155,7 +165,7 @@ class ImageFetcher:
         pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="catalens-fetch")
         try:
             for ref in refs:
-                pending.append((ref, pool.submit(self._fetch_as_value, ref)))
+                pending.append((ref, pool.submit(self._fetch_as_value, ref, revalidate)))
                 if len(pending) >= window:
                     head, future = pending.popleft()
                     yield head, future.result()
@@ -166,9 +176,9 @@ class ImageFetcher:
             # Reached early when the consumer stops iterating: drop what has not started.
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _fetch_as_value(self, ref: str) -> FetchedImage | CatalensError:
+    def _fetch_as_value(self, ref: str, revalidate: bool) -> FetchedImage | CatalensError:
         try:
-            return self.fetch(ref)
+            return self.fetch(ref, revalidate=revalidate)
         except CatalensError as exc:
             return exc
 
@@ -177,34 +187,44 @@ class ImageFetcher:
         check_image_bytes(data, source=ref, max_bytes=self._max_bytes)
         return FetchedImage(ref=ref, data=data, content_hash=content_hash(data), cached=True)
 
-    def _fetch_url(self, ref: str) -> FetchedImage:
+    def _fetch_url(self, ref: str, *, revalidate: bool) -> FetchedImage:
+        asked = time.time()
         # One download per URL at a time: catalogs often repeat an image across products, and
         # the second caller should find the first one's blob instead of downloading it again.
         with self._url_locks.hold(ref):
             cached = self._cached(ref)
+            conditional: dict[str, str] = {}
             if cached is not None:
-                return cached
-            data = self._download(ref)
-            check_image_bytes(data, source=ref, max_bytes=self._max_bytes)
-            digest = content_hash(data)
-            self._write_blob(digest, data)
-            self._index.put(ref, digest)
-            return FetchedImage(ref=ref, data=data, content_hash=digest, cached=False)
+                image, entry = cached
+                # Checked (or downloaded) while this caller waited for the lock: fresh enough.
+                if not revalidate or entry.checked_at >= asked:
+                    return image
+                conditional = entry.conditional_headers()
+            body = self._download(ref, conditional)
+            if body is None:  # 304 Not Modified
+                self._index.touch(ref)
+                assert cached is not None  # a 304 without validators is a FetchError
+                return cached[0]
+            check_image_bytes(body.data, source=ref, max_bytes=self._max_bytes)
+            digest = content_hash(body.data)
+            self._write_blob(digest, body.data)
+            self._index.put(ref, digest, etag=body.etag, last_modified=body.last_modified)
+            return FetchedImage(ref=ref, data=body.data, content_hash=digest, cached=False)
 
-    def _cached(self, ref: str) -> FetchedImage | None:
-        digest = self._index.get(ref)
-        if digest is None:
+    def _cached(self, ref: str) -> tuple[FetchedImage, _Entry] | None:
+        entry = self._index.get(ref)
+        if entry is None:
             return None
         try:
-            data = self._blob_path(digest).read_bytes()
+            data = self._blob_path(entry.digest).read_bytes()
         except FileNotFoundError:
             data = b""
         # A blob lost or damaged (crash mid-write, disk trouble) is simply fetched again.
-        if content_hash(data) != digest:
+        if content_hash(data) != entry.digest:
             self._index.forget(ref)
             return None
         check_image_bytes(data, source=ref, max_bytes=self._max_bytes)
-        return FetchedImage(ref=ref, data=data, content_hash=digest, cached=True)
+        return FetchedImage(ref=ref, data=data, content_hash=entry.digest, cached=True), entry
 
     def _blob_path(self, digest: str) -> Path:
         return self._blobs / digest[:2] / digest
@@ -223,16 +243,20 @@ class ImageFetcher:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _download(self, ref: str) -> bytes:
+    def _download(self, ref: str, conditional: Mapping[str, str]) -> _Body | None:
+        """The body and its validators, or None when a conditional request got 304."""
         try:
             url = httpx.URL(ref)
         except httpx.InvalidURL as exc:
             raise FetchError(ref, f"invalid URL ({exc})") from exc
         for hop in range(MAX_REDIRECTS + 1):
             self._check_target(ref, url, redirected=hop > 0)
-            outcome = self._get_with_retries(ref, url)
-            if isinstance(outcome, bytes):
+            outcome = self._get_with_retries(ref, url, conditional)
+            if outcome is _NOT_MODIFIED:
+                return None
+            if isinstance(outcome, _Body):
                 return outcome
+            assert isinstance(outcome, httpx.URL)
             url = outcome
         raise FetchError(ref, f"too many redirects (more than {MAX_REDIRECTS})")
 
@@ -251,11 +275,13 @@ class ImageFetcher:
         except FetchError as exc:
             raise FetchError(ref, where + exc.reason) from exc
 
-    def _get_with_retries(self, ref: str, url: httpx.URL) -> bytes | httpx.URL:
+    def _get_with_retries(
+        self, ref: str, url: httpx.URL, conditional: Mapping[str, str]
+    ) -> _Outcome:
         attempt = 0
         while True:
             try:
-                return self._get_once(ref, url)
+                return self._get_once(ref, url, conditional)
             except _Transient as exc:
                 attempt += 1
                 if attempt > self._retries:
@@ -267,14 +293,19 @@ class ImageFetcher:
                 if self._closing.wait(delay):
                     raise FetchError(ref, "fetcher closed") from exc
 
-    def _get_once(self, ref: str, url: httpx.URL) -> bytes | httpx.URL:
-        """The body, or the next URL for a redirect; ``_Transient`` for what may be retried."""
+    def _get_once(self, ref: str, url: httpx.URL, conditional: Mapping[str, str]) -> _Outcome:
+        """The body, the next URL for a redirect, or ``_NOT_MODIFIED`` (a 304 answering
+        ``conditional`` headers); ``_Transient`` for what may be retried."""
         deadline = time.monotonic() + _TOTAL_TIME_FACTOR * self._timeout
         try:
             with self._client.stream(
-                "GET", url, timeout=self._timeout, follow_redirects=False
+                "GET", url, headers=conditional, timeout=self._timeout, follow_redirects=False
             ) as response:
                 status = response.status_code
+                if status == 304:
+                    if not conditional:
+                        raise FetchError(ref, "HTTP 304 to a request that was not conditional")
+                    return _NOT_MODIFIED
                 if status in _REDIRECT_STATUSES:
                     location = response.headers.get("location")
                     if not location:
@@ -284,7 +315,11 @@ class ImageFetcher:
                     raise _Transient(f"HTTP {status}", _retry_after(response))
                 if not 200 <= status < 300:
                     raise FetchError(ref, f"HTTP {status}")
-                return self._read_body(ref, response, deadline)
+                return _Body(
+                    self._read_body(ref, response, deadline),
+                    etag=response.headers.get("etag"),
+                    last_modified=response.headers.get("last-modified"),
+                )
         except httpx.TimeoutException as exc:
             raise _Transient("timed out") from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
@@ -310,6 +345,23 @@ class ImageFetcher:
         return bytes(body)
 
 
+@dataclass(frozen=True)
+class _Body:
+    """A downloaded body and the validators that came with it."""
+
+    data: bytes = field(repr=False)
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+class _NotModified:
+    """A 304 answer to a conditional request."""
+
+
+_NOT_MODIFIED = _NotModified()
+_Outcome = _Body | _NotModified | httpx.URL
+
+
 class _Transient(Exception):
     """A failure worth retrying; internal to the retry loop."""
 
@@ -332,8 +384,30 @@ def _file_url_path(ref: str) -> Path:
     return Path(url2pathname(parts.path))
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One URL in the index: the hash of its bytes and how to ask whether they changed."""
+
+    digest: str
+    etag: str | None
+    last_modified: str | None
+    checked_at: float
+    """When the server last served or confirmed these bytes (``time.time()``)."""
+
+    def conditional_headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
 class _UrlIndex:
-    """url -> content hash, in sqlite (WAL, so other processes can read while we write)."""
+    """url -> content hash and validators, in sqlite (WAL, so other processes can read while
+    we write). ``PRAGMA user_version`` is the schema version; older indexes are migrated."""
+
+    VERSION = 1
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
@@ -344,22 +418,55 @@ class _UrlIndex:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS url_blobs ("
-                " url TEXT PRIMARY KEY, hash TEXT NOT NULL, fetched_at REAL NOT NULL)"
+                " url TEXT PRIMARY KEY, hash TEXT NOT NULL, fetched_at REAL NOT NULL,"
+                " etag TEXT, last_modified TEXT)"
             )
+            self._migrate()
         except sqlite3.Error:
             self._db.close()
             raise
 
-    def get(self, url: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT hash FROM url_blobs WHERE url = ?", (url,)).fetchone()
-        return None if row is None else str(row[0])
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version >= self.VERSION:
+            return
+        # Version 0 (no validators) -> 1: add the ETag and Last-Modified columns.
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(url_blobs)")}
+        for column in ("etag", "last_modified"):
+            if column in columns:
+                continue
+            try:
+                self._db.execute(f"ALTER TABLE url_blobs ADD COLUMN {column} TEXT")
+            except sqlite3.OperationalError as exc:  # another process migrated first
+                if "duplicate column" not in str(exc):
+                    raise
+        self._db.execute(f"PRAGMA user_version = {self.VERSION}")
 
-    def put(self, url: str, digest: str) -> None:
+    def get(self, url: str) -> _Entry | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT hash, etag, last_modified, fetched_at FROM url_blobs WHERE url = ?",
+                (url,),
+            ).fetchone()
+        if row is None:
+            return None
+        return _Entry(str(row[0]), row[1], row[2], float(row[3]))
+
+    def put(
+        self, url: str, digest: str, *, etag: str | None = None, last_modified: str | None = None
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO url_blobs (url, hash, fetched_at) VALUES (?, ?, ?)",
-                (url, digest, time.time()),
+                "INSERT OR REPLACE INTO url_blobs (url, hash, fetched_at, etag, last_modified)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (url, digest, time.time(), etag, last_modified),
+            )
+
+    def touch(self, url: str) -> None:
+        """The server confirmed the cached bytes (304)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE url_blobs SET fetched_at = ? WHERE url = ?", (time.time(), url)
             )
 
     def forget(self, url: str) -> None:

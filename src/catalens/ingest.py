@@ -109,6 +109,8 @@ class Ingestor:
     progress: Progress = _no_progress
     remove_missing: bool = True
     """Products absent from the source are removed (a full sync); off for partial upserts."""
+    revalidate_urls: bool = False
+    """Ask the server whether each cached image URL changed (a sync: same URL, new bytes)."""
 
     def run(self, source: CatalogSource | Iterable[Product]) -> IngestReport:
         started = time.perf_counter()
@@ -231,7 +233,10 @@ class Ingestor:
             ):
                 return _Loaded(task, previous.content_hash, None, stat.st_size, stat.st_mtime_ns)
         try:
-            fetched = self.fetcher.fetch(task.ref)
+            if self.revalidate_urls and local is None:
+                fetched = self.fetcher.fetch(task.ref, revalidate=True)
+            else:
+                fetched = self.fetcher.fetch(task.ref)
             digest = fetched.content_hash or content_hash(fetched.data)
             size = stat.st_size if stat else None
             mtime = stat.st_mtime_ns if stat else None

@@ -8,7 +8,6 @@ cache) serves every ingest.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,11 +22,11 @@ from PIL import Image
 from catalens.catalog import ColumnMapping, open_catalog
 from catalens.catalog.base import CatalogSource
 from catalens.collection import (
+    ChangeSet,
     Collection,
     CollectionConfig,
     SourceConfig,
     check_name,
-    read_config,
     remove_collection_dir,
 )
 from catalens.embedders import load_embedder
@@ -47,22 +46,58 @@ QueryImage = bytes | Path | str | Image.Image
 ALL = "all"
 
 
-def faiss_factory(settings: Settings) -> Callable[[CollectionConfig, Path], VectorStore]:
+PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def store_factory(settings: Settings) -> Callable[[CollectionConfig, Path], VectorStore]:
+    """Opens a collection's store as ``config.store`` says: ``faiss`` (files in the
+    collection's folder), a ``postgresql://`` DSN, or ``postgres-local`` (an embedded
+    PostgreSQL under ``settings.home / "postgres"``). pgvector is imported only when used."""
+
     def open_store(config: CollectionConfig, directory: Path) -> VectorStore:
-        if config.store != "faiss":
-            raise ConfigError(f"unknown store {config.store!r} for collection {config.name!r}")
-        options = FaissOptions(
-            index_type=config.index,  # type: ignore[arg-type]
+        spec = config.store.strip()
+        if spec == "faiss":
+            options = FaissOptions(
+                index_type=config.index,  # type: ignore[arg-type]
+                metric=config.metric,  # type: ignore[arg-type]
+                hnsw_m=settings.hnsw_m,
+                hnsw_ef_construction=settings.hnsw_ef_construction,
+                hnsw_ef_search=settings.hnsw_ef_search,
+                ivf_nlist=settings.ivf_nlist,
+                ivf_nprobe=settings.ivf_nprobe,
+            )
+            return FaissStore.open(directory / "faiss", dim=config.model.dim, options=options)
+        if spec == "postgres-local":
+            from catalens.stores.pg_local import local_dsn
+
+            dsn = local_dsn(settings.home / "postgres")
+        elif spec.startswith(PG_SCHEMES):
+            dsn = spec
+        else:
+            raise ConfigError(
+                f"unknown store {config.store!r} for collection {config.name!r}: use faiss,"
+                " a postgresql:// DSN, or postgres-local"
+            )
+        from catalens.stores.pgvector_store import PgVectorStore
+
+        return PgVectorStore(
+            dsn,
+            config.name,
+            config.model.dim,
+            index=config.index,  # type: ignore[arg-type]
             metric=config.metric,  # type: ignore[arg-type]
-            hnsw_m=settings.hnsw_m,
-            hnsw_ef_construction=settings.hnsw_ef_construction,
-            hnsw_ef_search=settings.hnsw_ef_search,
-            ivf_nlist=settings.ivf_nlist,
-            ivf_nprobe=settings.ivf_nprobe,
+            m=settings.hnsw_m,
+            ef_construction=settings.hnsw_ef_construction,
+            ef_search=settings.hnsw_ef_search,
+            model=config.model,
+            key=repr(config.created_at),
         )
-        return FaissStore.open(directory / "faiss", dim=config.model.dim, options=options)
 
     return open_store
+
+
+faiss_factory = store_factory
+"""The former name, when FAISS was the only store."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +129,8 @@ class CatalensService:
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()
         self._ingest_locks: dict[str, threading.Lock] = {}
-        self._store_factory = faiss_factory(settings)
+        self._model_locks: dict[str, threading.Lock] = {}
+        self._store_factory = store_factory(settings)
         self.limits = ImageLimits(
             max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
         )
@@ -127,8 +163,16 @@ class CatalensService:
         """The embedder for ``spec`` (default: the configured model), loaded once."""
         key = spec or self.settings.model
         with self._lock:
+            loaded = self._embedders.get(key)
+            if loaded is not None:
+                return loaded
+            model_lock = self._model_locks.setdefault(key, threading.Lock())
+        # Load outside the service lock: a slow model load must not stall other requests.
+        with model_lock:
             if key not in self._embedders:
-                self._embedders[key] = self._load_embedder(key)
+                embedder = self._load_embedder(key)
+                with self._lock:
+                    self._embedders[key] = embedder
             return self._embedders[key]
 
     def embedder_for(self, collection: Collection) -> Embedder:
@@ -229,6 +273,7 @@ class CatalensService:
             format=source.format,  # type: ignore[arg-type]
             mapping=mapping,
             where=source.where,
+            options=source.options,
         )
 
     def ingest(
@@ -246,7 +291,10 @@ class CatalensService:
         """Bring collection ``name`` in line with ``source`` (or its configured source).
 
         Creates the collection when it does not exist; ``force`` rebuilds it from scratch.
+        A sync (no ``source`` given) or a REST source revalidates cached image URLs, so an
+        image changed behind the same URL is seen.
         """
+        syncing = source is None
         with self._ingest_lock(name):
             exists = name in self.collection_names()
             if exists and force:
@@ -260,16 +308,20 @@ class CatalensService:
                     source = collection.config.source
                     if source is None:
                         raise ConfigError(f"collection {name!r} has no source configured")
-                elif source != collection.config.source:
+                catalog = self.open_source(source)
+                if source != collection.config.source:
                     collection.update_source(source)
             else:
                 if source is None:
                     raise ConfigError(f"collection {name!r} does not exist: give a --source")
+                # A source that cannot be read fails before any collection is created.
+                catalog = self.open_source(source)
                 collection = self.create_collection(
                     name, model=model, index=index, metric=metric, store=store, source=source
                 )
-            catalog = self.open_source(source)
-            report = self._ingestor(collection, progress).run(catalog)
+            ingestor = self._ingestor(collection, progress)
+            ingestor.revalidate_urls = syncing or _is_rest(source)
+            report = ingestor.run(catalog)
             collection.ledger.set_meta("last_sync", json.dumps(_sync_summary(report)))
             collection.ledger.prune_vectors()
             return report
@@ -286,8 +338,6 @@ class CatalensService:
             return ingestor.run(products)
 
     def delete_products(self, name: str, product_ids: Sequence[str]) -> int:
-        from catalens.collection import ChangeSet
-
         collection = self.collection(name)
         known = collection.ledger.product_ids()
         missing = [pid for pid in product_ids if pid not in known]
@@ -301,6 +351,8 @@ class CatalensService:
             fetcher=self.fetcher,
             limits=self.limits,
             batch_size=self.settings.batch_size,
+            # Fetch and decode share the pool: downloads wait on the network, not the CPU.
+            workers=self.settings.download_workers,
         )
         if progress is not None:
             ingestor.progress = progress
@@ -352,11 +404,12 @@ class CatalensService:
         k = top_k or self.settings.top_k
         cutoff = threshold if threshold is not None else self.settings.threshold
         names = self.collection_names() if name == ALL else [name]
+        opened = [self.collection(each) for each in names]  # unknown names fail first
         decoded = self.decode_query(image) if image is not None else None
         vectors: dict[tuple[str, tuple[float, ...]], NDArray[np.float32]] = {}
         hits: list[Hit] = []
-        for each in names:
-            collection = self.collection(each)
+        for collection in opened:
+            each = collection.name
             zooms = collection.config.search.query_zooms
             key = (collection.config.model_spec, zooms)
             if key not in vectors:
@@ -387,6 +440,12 @@ class CatalensService:
         return hits
 
 
+def _is_rest(source: SourceConfig) -> bool:
+    if source.format is not None:
+        return source.format == "rest"
+    return source.location.lower().startswith(("http://", "https://"))
+
+
 def _sync_summary(report: IngestReport) -> dict[str, Any]:
     return {
         "finished_at": time.time(),
@@ -407,16 +466,10 @@ def build_service(settings: Settings | None = None) -> CatalensService:
     return CatalensService(resolved)
 
 
-def wipe_home(settings: Settings) -> None:
-    """Remove every collection and cache (used by tests and ``make clean``)."""
-    shutil.rmtree(settings.home, ignore_errors=True)
-
-
 __all__ = [
     "ALL",
     "CatalensError",
     "CatalensService",
     "CollectionSummary",
     "build_service",
-    "read_config",
 ]

@@ -84,6 +84,27 @@ class Settings(BaseSettings):
     centering: bool = True
     """Domain centering (running mean of queries) for new collections."""
 
+    # HTTP service (catalens serve)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    default_collection: str | None = None
+    """Collection behind the seeds' compatibility routes (else the only one there is)."""
+    api_keys: tuple[str, ...] = ()
+    """When set, write and admin routes need ``X-API-Key`` with one of these."""
+    search_requires_key: bool = False
+    cors_origins: tuple[str, ...] = ("*",)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    url_allowlist: tuple[str, ...] = ()
+    """Hosts (or host:port) that search-by-URL may fetch even though they are internal."""
+    url_fetch_timeout: float = Field(default=10.0, gt=0)
+
+    # Live sync with a shop backend
+    refresh_seconds: float = Field(default=0.0, ge=0)
+    """Sync every collection with a source this often (0: only on demand or webhook)."""
+    rest_url: str | None = None
+    """Seed 000's NESTJS_SERVER: the backend whose products feed the default collection."""
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -3,13 +3,21 @@
 A backend joins by adding a ``StoreKind`` to ``STORE_KINDS``. ``open`` must reopen the same
 store when called again with the same directory (a pgvector kind can derive its table from
 it). Exact kinds must match numpy brute force; approximate ones must reach ``MIN_RECALL``.
+
+The pgvector kinds run against one PostgreSQL started through ``pgserver`` for the session
+(shared with tests/integration/test_pgvector.py); they are skipped, with the reason, when it
+cannot start.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -19,6 +27,7 @@ from numpy.typing import NDArray
 from catalens.errors import StoreError
 from catalens.settings import Metric
 from catalens.stores import FaissOptions, FaissStore, VectorStore
+from catalens.stores.pg_local import local_dsn, stop_local
 from catalens.types import ImageMatch
 
 DIM = 32
@@ -42,10 +51,27 @@ class StoreKind:
     open: Callable[[Path, int], VectorStore]
     exact: bool
     metric: Metric = "cosine"
+    postgres: bool = False
 
 
 def _faiss(options: FaissOptions) -> Callable[[Path, int], VectorStore]:
     return lambda directory, dim: FaissStore.open(directory, dim=dim, options=options)
+
+
+_PG: dict[str, Any] = {"dsn": None, "open": []}
+"""The session's DSN (set by ``pg_dsn``) and the stores a test opened (closed after it)."""
+
+
+def _pgvector(**options: Any) -> Callable[[Path, int], VectorStore]:
+    def open_store(directory: Path, dim: int) -> VectorStore:
+        from catalens.stores.pgvector_store import PgVectorStore
+
+        assert _PG["dsn"], "pgvector kinds need the pg_dsn fixture"
+        store = PgVectorStore(_PG["dsn"], f"contract:{directory}", dim, **options)
+        _PG["open"].append(store)
+        return store
+
+    return open_store
 
 
 STORE_KINDS = [
@@ -57,13 +83,51 @@ STORE_KINDS = [
         exact=False,
     ),
     StoreKind("faiss-ivf", _faiss(FaissOptions(index_type="ivf")), exact=False),
+    StoreKind("pgvector-flat-cosine", _pgvector(index="flat"), exact=True, postgres=True),
+    StoreKind(
+        "pgvector-flat-l2",
+        _pgvector(index="flat", metric="l2"),
+        exact=True,
+        metric="l2",
+        postgres=True,
+    ),
+    StoreKind(
+        "pgvector-hnsw",
+        _pgvector(index="hnsw", m=16, ef_construction=64, ef_search=64),
+        exact=False,
+        postgres=True,
+    ),
 ]
 
 
-@pytest.fixture(params=STORE_KINDS, ids=lambda kind: kind.name)
-def kind(request: pytest.FixtureRequest) -> StoreKind:
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """One PostgreSQL + pgvector (pgserver) for the session, outside pytest's private tmp
+    (the server runs as another user when pytest runs as root)."""
+    root = Path(tempfile.gettempdir()) / f"catalens-pgtest-{os.getpid()}"
+    try:
+        dsn = local_dsn(root / "data")
+    except (ImportError, StoreError) as exc:
+        pytest.skip(f"PostgreSQL with pgvector could not start through pgserver: {exc}")
+    _PG["dsn"] = dsn
+    yield dsn
+    stop_local(root / "data")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(k, id=k.name, marks=[pytest.mark.postgres] if k.postgres else [])
+        for k in STORE_KINDS
+    ]
+)
+def kind(request: pytest.FixtureRequest) -> Iterator[StoreKind]:
     result: StoreKind = request.param
-    return result
+    if result.postgres:
+        request.getfixturevalue("pg_dsn")
+    yield result
+    while _PG["open"]:
+        _PG["open"].pop().close()
 
 
 def unit(array: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -292,3 +292,31 @@ def test_killed_ingest_resumes_to_same_index(tmp_path: Path, mobilenet_dir: Path
     cmd2, env2 = _ingest_cmd(clean_home, catalog, mobilenet_dir)
     subprocess.run(cmd2, env=env2, capture_output=True, check=True)
     assert _state(killed_home) == _state(clean_home)
+
+
+def test_store_behind_the_ledger_is_rebuilt_on_open(
+    tmp_path: Path, mobilenet_dir: Path, catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the ledger committed but before the index was saved loses nothing."""
+    settings = Settings(home=tmp_path / "home", model=str(mobilenet_dir), query_zooms=(1.0,))
+    first = build_service(settings)
+    first.ingest("shop", _source(catalog))
+    lines = catalog.read_text().splitlines()
+    catalog.write_text("\n".join(line for line in lines if not line.startswith("p3,")) + "\n")
+    store = first.collection("shop").store
+
+    def crash(tag: str | None = None) -> None:
+        raise KeyboardInterrupt("killed before the index was saved")
+
+    monkeypatch.setattr(store, "flush", crash)
+    with pytest.raises(KeyboardInterrupt):
+        first.ingest("shop", _source(catalog))
+    monkeypatch.undo()
+    first.close()
+
+    second = build_service(settings)
+    collection = second.collection("shop")
+    assert len(collection.store) == 6 == collection.ledger.counts()["images"]
+    hits = second.search("shop", image=tmp_path / "img" / "p3-front.png", top_k=10)
+    assert "p3" not in {h.product_id for h in hits}
+    second.close()

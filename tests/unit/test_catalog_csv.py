@@ -513,8 +513,7 @@ def test_detect_format(tmp_path: Path) -> None:
         detect_format(tmp_path / "a.xlsx")
     with pytest.raises(CatalogError, match="does not exist"):
         detect_format(tmp_path / "nope.csv")
-    with pytest.raises(CatalogError, match="REST sources: see"):
-        detect_format("https://shop.example.com/products.json")
+    assert detect_format("https://shop.example.com/products.json") == "rest"
 
 
 def test_open_catalog_dispatches_on_format(tmp_path: Path) -> None:
@@ -526,9 +525,9 @@ def test_open_catalog_dispatches_on_format(tmp_path: Path) -> None:
     odd = write_text(tmp_path / "export.txt", "id,image\n1,a.jpg\n")
     source = open_catalog(odd, format="csv", max_images_per_product=2)
     assert [p.id for p in source] == ["1"]
-    assert sorted(OPENERS) == ["csv", "folder", "jsonl"]
-    with pytest.raises(CatalogError, match="unknown catalog format 'rest'"):
-        open_catalog(csv_path, format="rest")  # type: ignore[arg-type]
+    assert sorted(OPENERS) == ["csv", "folder", "jsonl", "rest"]
+    with pytest.raises(CatalogError, match="unknown catalog format 'xlsx'"):
+        open_catalog(csv_path, format="xlsx")  # type: ignore[arg-type]
     with pytest.raises(CatalogError, match="mapping does not apply"):
         open_catalog(tmp_path, mapping=ColumnMapping(id="id"))
 

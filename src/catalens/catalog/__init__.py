@@ -1,7 +1,7 @@
-"""Catalog sources: CSV/TSV files, JSON Lines files and image folders.
+"""Catalog sources: CSV/TSV files, JSON Lines files, image folders and REST backends.
 
-``open_catalog`` picks the source from the path (``detect_format``) or an explicit format.
-New formats (a REST backend) plug in by adding an opener to ``OPENERS``.
+``open_catalog`` picks the source from the path or URL (``detect_format``) or an explicit
+format. New formats plug in by adding an opener to ``OPENERS``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from catalens.catalog.base import CatalogSource
 from catalens.catalog.csv_source import CsvSource
@@ -17,6 +17,7 @@ from catalens.catalog.folder import FolderSource
 from catalens.catalog.images import IMAGE_EXTENSIONS
 from catalens.catalog.jsonl import JsonlSource
 from catalens.catalog.mapping import ColumnMapping
+from catalens.catalog.rest import RestSource
 from catalens.errors import CatalogError
 
 __all__ = [
@@ -27,37 +28,61 @@ __all__ = [
     "CsvSource",
     "FolderSource",
     "JsonlSource",
+    "RestSource",
     "detect_format",
     "open_catalog",
 ]
 
-CatalogFormat = Literal["csv", "folder", "jsonl"]
+CatalogFormat = Literal["csv", "folder", "jsonl", "rest"]
 
-Opener = Callable[[str | Path, ColumnMapping | None, int, Mapping[str, str] | None], CatalogSource]
-"""Builds a source from (source, mapping, max_images_per_product, where)."""
+Where = Mapping[str, str] | None
+Options = Mapping[str, Any]
+
+Opener = Callable[[str | Path, ColumnMapping | None, int, Where, Options], CatalogSource]
+"""Builds a source from (source, mapping, max_images_per_product, where, options)."""
 
 _SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 _URL = re.compile(r"^https?://", re.IGNORECASE)
 
 
-Where = Mapping[str, str] | None
+def _no_options(kind: str, source: str | Path, options: Options) -> None:
+    if options:
+        raise CatalogError(
+            f"source options ({', '.join(sorted(options))}) do not apply to the {kind} "
+            f"catalog {source}"
+        )
 
 
 def _open_csv(
-    source: str | Path, mapping: ColumnMapping | None, max_images: int, where: Where
+    source: str | Path,
+    mapping: ColumnMapping | None,
+    max_images: int,
+    where: Where,
+    options: Options,
 ) -> CsvSource:
+    _no_options("CSV", source, options)
     return CsvSource(source, mapping=mapping, max_images_per_product=max_images, where=where)
 
 
 def _open_jsonl(
-    source: str | Path, mapping: ColumnMapping | None, max_images: int, where: Where
+    source: str | Path,
+    mapping: ColumnMapping | None,
+    max_images: int,
+    where: Where,
+    options: Options,
 ) -> JsonlSource:
+    _no_options("JSON Lines", source, options)
     return JsonlSource(source, mapping=mapping, max_images_per_product=max_images, where=where)
 
 
 def _open_folder(
-    source: str | Path, mapping: ColumnMapping | None, max_images: int, where: Where
+    source: str | Path,
+    mapping: ColumnMapping | None,
+    max_images: int,
+    where: Where,
+    options: Options,
 ) -> FolderSource:
+    _no_options("folder", source, options)
     if mapping is not None:
         raise CatalogError(f"a column mapping does not apply to the folder catalog {source}")
     if where:
@@ -65,17 +90,36 @@ def _open_folder(
     return FolderSource(source, max_images_per_product=max_images)
 
 
-OPENERS: dict[str, Opener] = {"csv": _open_csv, "folder": _open_folder, "jsonl": _open_jsonl}
+def _open_rest(
+    source: str | Path,
+    mapping: ColumnMapping | None,
+    max_images: int,
+    where: Where,
+    options: Options,
+) -> RestSource:
+    return RestSource(
+        str(source),
+        mapping=mapping,
+        options=options,
+        max_images_per_product=max_images,
+        where=where,
+    )
+
+
+OPENERS: dict[str, Opener] = {
+    "csv": _open_csv,
+    "folder": _open_folder,
+    "jsonl": _open_jsonl,
+    "rest": _open_rest,
+}
 
 
 def detect_format(source: str | Path) -> str:
-    """``folder`` for a directory, ``csv`` for .csv/.tsv, ``jsonl`` for .jsonl/.ndjson/.json."""
+    """``rest`` for an http(s) URL, ``folder`` for a directory, ``csv`` for .csv/.tsv,
+    ``jsonl`` for .jsonl/.ndjson/.json."""
     text = str(source)
     if isinstance(source, str) and _URL.match(source):
-        raise CatalogError(
-            f"REST sources: see catalens.catalog.OPENERS (no 'rest' format yet); "
-            f"cannot read {text}, export the catalog to CSV or JSON Lines instead"
-        )
+        return "rest"
     path = Path(source)
     if not path.exists():
         raise CatalogError(f"catalog {text} does not exist")
@@ -97,12 +141,16 @@ def open_catalog(
     mapping: ColumnMapping | None = None,
     max_images_per_product: int = 10,
     where: Mapping[str, str] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> CatalogSource:
-    """The catalog at ``source``; fails early (``CatalogError``) on what cannot be read."""
+    """The catalog at ``source``; fails early (``CatalogError``) on what cannot be read.
+
+    ``options`` are the format's own settings (see ``RestSource`` for a REST backend's).
+    """
     chosen = format or detect_format(source)
     opener = OPENERS.get(chosen)
     if opener is None:
         raise CatalogError(
             f"unknown catalog format {chosen!r}; accepted: {', '.join(sorted(OPENERS))}"
         )
-    return opener(source, mapping, max_images_per_product, where)
+    return opener(source, mapping, max_images_per_product, where, options or {})

@@ -43,6 +43,18 @@ class VectorStore(Protocol):
         """For each query row, up to ``k`` images, best first."""
         ...
 
-    def flush(self) -> None:
-        """Make every change so far durable, atomically (all of it or none of it)."""
+    def clear(self) -> None:
+        """Remove every vector."""
+        ...
+
+    def flush(self, tag: str | None = None) -> None:
+        """Make every change so far durable, atomically (all of it or none of it).
+
+        ``tag`` is saved with it and returned by ``generation``: the collection passes its
+        ledger's generation, and rebuilds a store whose tag lags behind after a crash.
+        """
+        ...
+
+    def generation(self) -> str | None:
+        """The tag of the last ``flush`` that completed (None if none had a tag)."""
         ...

@@ -236,6 +236,13 @@ class FaissStore:
             self._engine.update(replaced, ids, matrix, self._rows.live())
             self._version += 1
 
+    def clear(self) -> None:
+        """Remove every vector (the collection then rebuilds the store from its ledger)."""
+        with self._lock:
+            self._rows = _Rows(self._dim)
+            self._engine = create_engine(self._dim, self._options, self._rows.live())
+            self._version += 1
+
     def delete(self, image_ids: Sequence[int]) -> None:
         """Remove vectors by image id; unknown ids are ignored."""
         ids = np.unique(_as_ids(image_ids))

@@ -1,0 +1,106 @@
+"""The FastAPI app: ``create_app(settings)`` wires the routes over one ``CatalensService``.
+
+The lifespan builds the service once (``build_service``), the sync job manager, the
+scheduler (when ``refresh_seconds`` > 0) and the guarded fetcher for search-by-URL, then
+loads the models in the background (``GET /ready`` says when). OpenAPI docs are at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import ModuleType
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
+
+from catalens import __version__
+from catalens.api import routes_compat, routes_v1
+from catalens.api.errors import install_error_handlers
+from catalens.api.legacy_env import settings_from_env
+from catalens.api.metrics import ApiMetrics, MetricsMiddleware
+from catalens.api.state import AppState, QueryFetcher
+from catalens.api.uploads import UploadLimitMiddleware
+from catalens.jobs import JobManager, Scheduler
+from catalens.service import build_service
+from catalens.settings import Settings
+
+__all__ = ["app_from_env", "create_app"]
+
+log = logging.getLogger("catalens.api")
+
+
+def _start(settings: Settings, metrics: ApiMetrics) -> AppState:
+    service = build_service(settings)
+    jobs = JobManager(service, on_finish=metrics.observe_job)
+    state = AppState(
+        settings=settings,
+        service=service,
+        jobs=jobs,
+        queries=QueryFetcher(settings),
+        metrics=metrics,
+    )
+    if settings.refresh_seconds > 0:
+        state.scheduler = Scheduler(jobs, settings.refresh_seconds)
+        state.scheduler.start()
+    state.start_warm_up()
+    return state
+
+
+def _web_ui() -> ModuleType | None:
+    try:
+        return importlib.import_module("catalens.api.web")
+    except ImportError:  # the web UI (or jinja2) is not installed: the API alone
+        return None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for ``settings`` (default: the environment, the seeds' variables included)."""
+    resolved = settings if settings is not None else settings_from_env()
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await run_in_threadpool(_start, resolved, metrics)
+        app.state.catalens = state
+        try:
+            yield
+        finally:
+            app.state.catalens = None
+            await run_in_threadpool(state.close)
+
+    app = FastAPI(
+        title="catalens",
+        version=__version__,
+        summary="Visual product search: find the catalog product in a photo.",
+        lifespan=lifespan,
+        docs_url="/docs",
+    )
+    app.state.settings = resolved
+    app.state.catalens = None
+    install_error_handlers(app)
+    app.include_router(routes_v1.service_router)
+    app.include_router(routes_v1.router)
+    # Before the web UI's router: the compatibility GET / answers JSON or the page itself.
+    app.include_router(routes_compat.router)
+    web = _web_ui()
+    if web is not None:
+        app.include_router(web.router)
+        web.mount_static(app)
+    app.add_middleware(UploadLimitMiddleware, max_upload_bytes=resolved.max_upload_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(resolved.cors_origins),
+        allow_methods=["*"],
+        allow_headers=["*"],
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory catalens.api.app:app_from_env`` (several workers)."""
+    return create_app(settings_from_env())

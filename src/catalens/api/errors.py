@@ -1,0 +1,137 @@
+"""One JSON error shape for every failure the API reports: ``{"error": code, "detail": text}``.
+
+Library errors (``CatalensError``) are translated here and only here; routes let them rise.
+Anything unexpected becomes a 500 whose body says nothing about the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from catalens.errors import (
+    BlockedURLError,
+    CatalensError,
+    CatalogError,
+    CollectionNotFoundError,
+    ConfigError,
+    FetchError,
+    ImageError,
+    ImageTooLargeError,
+    ModelError,
+    ModelMismatchError,
+    ProductNotFoundError,
+    StoreError,
+)
+
+log = logging.getLogger("catalens.api")
+
+
+class ApiError(Exception):
+    """An error the API layer raises itself (no library equivalent): status, code, detail."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def error_response(
+    status: int, error: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def classify(exc: CatalensError) -> tuple[int, str]:
+    """The HTTP status and short error code of a library error."""
+    if isinstance(exc, CollectionNotFoundError):
+        return 404, "collection_not_found"
+    if isinstance(exc, ProductNotFoundError):
+        return 404, "product_not_found"
+    if isinstance(exc, ImageTooLargeError):
+        return 413, "image_too_large"
+    if isinstance(exc, ImageError):
+        return 422, "invalid_image"
+    if isinstance(exc, BlockedURLError):
+        return 400, "blocked_url"
+    if isinstance(exc, FetchError):
+        return 422, "fetch_failed"
+    if isinstance(exc, ModelMismatchError):
+        return 409, "model_mismatch"
+    if isinstance(exc, ModelError):
+        if "text tower" in str(exc):
+            return 422, "no_text_tower"
+        return 503, "model_unavailable"
+    if isinstance(exc, ConfigError):
+        if "already exists" in str(exc):
+            return 409, "conflict"
+        return 422, "invalid_request"
+    if isinstance(exc, CatalogError):
+        return 422, "catalog_error"
+    if isinstance(exc, StoreError):
+        return 503, "store_unavailable"
+    return 500, "internal_error"
+
+
+def _code_for_status(status: int) -> str:
+    if status == 413:
+        return "upload_too_large"
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_error"
+
+
+def _describe_validation(errors: Any) -> str:
+    parts = []
+    for error in errors:
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path"))
+        message = str(error.get("msg", "invalid value"))
+        parts.append(f"{loc}: {message}" if loc else message)
+    return "; ".join(parts) or "invalid request"
+
+
+async def _catalens_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CatalensError)
+    status, code = classify(exc)
+    if status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return error_response(status, code, str(exc))
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.error, exc.detail)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, "validation_error", _describe_validation(exc.errors()))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return error_response(
+        exc.status_code, _code_for_status(exc.status_code), detail, dict(exc.headers or {})
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette re-raises the exception after this response, so the server logs the traceback.
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(CatalensError, _catalens_error)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

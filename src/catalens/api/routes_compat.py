@@ -1,0 +1,318 @@
+"""The seeds' routes, with their request and response shapes, over a default collection.
+
+The default collection is ``CATALENS_DEFAULT_COLLECTION``, else the only collection there is.
+Seed 000: ``POST /search`` (field ``image``), ``POST /refresh-medicines``, ``POST
+/rebuild-index``, ``GET /preload-model`` (``GET /health`` lives with the native routes).
+Seed 001: ``GET /models``, ``POST /{model}/search`` (field ``file``, ``?top_k=``; a model is
+a collection), ``POST /all/search``, ``POST /search_products/``. Seeds 002 and 004: ``POST
+/extract-features``, ``POST /embed-image``, ``GET /`` (JSON, or the web page for browsers).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
+
+from catalens import __version__
+from catalens.api.errors import ApiError
+from catalens.api.schemas import (
+    FeaturesOut,
+    ImageEmbeddingOut,
+    MedicineHit,
+    ModelInfo,
+    ModelsOut,
+    PreloadOut,
+    ProductResult,
+    ProductSearchOut,
+    RefreshOut,
+    ServiceInfo,
+)
+from catalens.api.security import require_read_key, require_write_key
+from catalens.api.state import AppState, StateDep, default_collection, image_link, link_for
+from catalens.api.uploads import read_upload_sync
+from catalens.collection import Collection
+from catalens.service import ALL
+from catalens.types import Hit
+
+__all__ = ["REFRESH_WAIT_SECONDS", "router"]
+
+router = APIRouter(tags=["compatibility"])
+
+READ = [Depends(require_read_key)]
+WRITE = [Depends(require_write_key)]
+REFRESH_WAIT_SECONDS = 600.0
+"""How long the refresh webhooks wait for their sync before answering "running"."""
+
+ENDPOINTS = {
+    "GET /health": "liveness, model, device, collections",
+    "GET /ready": "200 once the models are loaded",
+    "GET /docs": "OpenAPI documentation",
+    "GET /v1/collections": "collections and their counts",
+    "POST /v1/collections/{name}/search": "search by image, image URL or text",
+    "POST /v1/embed": "embed an image or words",
+    "POST /search": "seed 000: search the default collection (field 'image')",
+    "POST /{model}/search": "seed 001: search one collection (field 'file', ?top_k=)",
+    "POST /extract-features": "seeds 002/004: image -> feature vector",
+    "POST /embed-image": "seed 004: image -> embedding",
+}
+
+
+def _upload(state: AppState, upload: UploadFile) -> bytes:
+    return read_upload_sync(upload, limit=state.settings.max_upload_bytes)
+
+
+def _catalog_links(request: Request, collection: Collection, product_id: str) -> list[str]:
+    return [
+        link_for(request, collection.name, row.ref, row.image_id)
+        for row in collection.ledger.images_of(product_id)
+        if row.origin == "catalog"
+    ]
+
+
+def _text(metadata: Mapping[str, Any], key: str) -> str | None:
+    value = metadata.get(key)
+    return None if value is None else str(value)
+
+
+# -- service info (seeds 002/004) --------------------------------------------------------
+
+
+@router.get(
+    "/",
+    response_model=ServiceInfo,
+    responses={200: {"content": {"text/html": {}}}},
+    summary="Service info (JSON), or the web UI for browsers",
+)
+def service_info(request: Request, state: StateDep) -> Response | ServiceInfo:
+    if "text/html" in request.headers.get("accept", ""):
+        try:
+            web = importlib.import_module("catalens.api.web")
+        except ImportError:
+            web = None
+        if web is not None:
+            page: Response = web.render_index(request)
+            return page
+    model, device, _ = state.model_status()
+    return ServiceInfo(
+        service="catalens",
+        version=__version__,
+        status="running",
+        model=model,
+        device=device,
+        docs="/docs",
+        endpoints=ENDPOINTS,
+    )
+
+
+# -- seed 000 ----------------------------------------------------------------------------
+
+
+def _medicine(request: Request, state: AppState, hit: Hit) -> MedicineHit:
+    meta = hit.metadata
+    images = meta.get("images")
+    if not isinstance(images, list):
+        images = _catalog_links(request, state.service.collection(hit.collection), hit.product_id)
+    return MedicineHit(
+        id=hit.product_id,
+        name=_text(meta, "name") or hit.title,
+        nameBn=_text(meta, "nameBn"),
+        brand=_text(meta, "brand"),
+        similarity=round(hit.score, 4),
+        confidence=f"{hit.score * 100:.2f}%",
+        images=images,
+    )
+
+
+@router.post("/search", dependencies=READ)
+def search_medicines(
+    request: Request,
+    state: StateDep,
+    image: Annotated[UploadFile, File(description="The photo to search with.")],
+) -> list[MedicineHit]:
+    """Seed 000: products of the default collection over the similarity threshold."""
+    data = _upload(state, image)
+    hits = state.service.search(default_collection(state), image=data)
+    return [_medicine(request, state, hit) for hit in hits]
+
+
+def _refresh(state: AppState) -> RefreshOut:
+    name = default_collection(state)
+    job = state.jobs.start_sync(name)
+    finished = job.wait(REFRESH_WAIT_SECONDS)
+    if job.state == "failed":
+        raise ApiError(502, "sync_failed", f"sync of {name!r} failed: {job.error}")
+    count = int(state.service.collection(name).info()["products"])
+    if not finished:
+        return RefreshOut(
+            status="running",
+            message=f"sync still running: see /v1/jobs/{job.id}",
+            medicines_count=count,
+            job_id=job.id,
+        )
+    return RefreshOut(
+        status="success",
+        message="Medicine cache refreshed and index rebuilt",
+        medicines_count=count,
+        job_id=job.id,
+    )
+
+
+@router.post("/refresh-medicines", dependencies=WRITE)
+def refresh_medicines(state: StateDep) -> RefreshOut:
+    """Seed 000's webhook: sync the default collection from its source, then answer."""
+    return _refresh(state)
+
+
+@router.post("/rebuild-index", dependencies=WRITE)
+def rebuild_index(state: StateDep) -> RefreshOut:
+    """Same as ``/refresh-medicines`` (the sync is incremental either way)."""
+    return _refresh(state)
+
+
+@router.get("/preload-model", dependencies=READ)
+def preload_model(state: StateDep) -> PreloadOut:
+    """Load the default collection's model now (it is loaded at start-up anyway)."""
+    embedder = state.service.embedder(state.default_model_spec())
+    return PreloadOut(
+        status="success",
+        message="Model loaded",
+        model=embedder.identity.name,
+        device=embedder.device,
+    )
+
+
+# -- seed 001 ----------------------------------------------------------------------------
+
+
+@router.get("/models", dependencies=READ)
+def list_models(state: StateDep) -> ModelsOut:
+    """Seed 001: every collection is a "model" with its own search route."""
+    summaries = state.service.summaries()
+    try:
+        default: str | None = default_collection(state)
+    except Exception:
+        default = None
+    return ModelsOut(
+        available_models=[s.name for s in summaries],
+        default=default,
+        models={
+            s.name: ModelInfo(
+                name=s.name,
+                description=f"{s.products} products, {s.model} ({s.dim}-d {s.index} index)",
+                api_path=f"/{s.name}/search",
+                products=s.products,
+                images=s.images,
+                model=s.model,
+                dim=s.dim,
+            )
+            for s in summaries
+        },
+    )
+
+
+def _product_result(request: Request, state: AppState, hit: Hit) -> ProductResult:
+    collection = state.service.collection(hit.collection)
+    images = _catalog_links(request, collection, hit.product_id)
+    preview = _text(hit.metadata, "preview_image")
+    if not (preview and preview.lower().startswith(("http://", "https://"))):
+        preview = images[0] if images else None
+    return ProductResult(
+        rank=hit.rank,
+        shopify_product_id=hit.product_id,
+        product_id=hit.product_id,
+        title=hit.title,
+        similarity_score=round(hit.score, 6),
+        score=hit.score,
+        preview_image=preview,
+        image_url=image_link(request, collection, hit.product_id, hit.image),
+        matched_image=hit.image,
+        category=_text(hit.metadata, "category"),
+        images=images,
+        metadata=dict(hit.metadata),
+        model=hit.collection,
+    )
+
+
+def _product_search(
+    request: Request, state: AppState, name: str, file: UploadFile, top_k: int | None
+) -> ProductSearchOut:
+    data = _upload(state, file)
+    started = time.perf_counter()
+    hits = state.service.search(name, image=data, top_k=top_k)
+    results = [_product_result(request, state, hit) for hit in hits]
+    return ProductSearchOut(
+        model=name,
+        top_k=top_k or state.settings.top_k,
+        total_results=len(results),
+        query_time_ms=round((time.perf_counter() - started) * 1000, 2),
+        results=results,
+    )
+
+
+FileField = Annotated[UploadFile, File(description="The photo to search with.")]
+TopK = Annotated[int | None, Query(ge=1, le=1000, description="How many products.")]
+
+
+@router.post("/all/search", dependencies=READ)
+def search_all_models(
+    request: Request, state: StateDep, file: FileField, top_k: TopK = None
+) -> ProductSearchOut:
+    """Seed 001: search every collection."""
+    return _product_search(request, state, ALL, file, top_k)
+
+
+@router.post("/search_products/", dependencies=READ)
+def search_products(
+    request: Request, state: StateDep, file: FileField, top_k: TopK = None
+) -> ProductSearchOut:
+    """Seed 001's legacy route: search the default collection."""
+    return _product_search(request, state, default_collection(state), file, top_k)
+
+
+@router.post("/{model}/search", dependencies=READ)
+def search_model(
+    model: str, request: Request, state: StateDep, file: FileField, top_k: TopK = None
+) -> ProductSearchOut:
+    """Seed 001: search one collection (``model`` is its name)."""
+    return _product_search(request, state, model, file, top_k)
+
+
+# -- seeds 002 and 004 -------------------------------------------------------------------
+
+
+def _embed_upload(state: AppState, upload: UploadFile) -> tuple[list[float], str, str]:
+    spec = state.model_spec(None)
+    vector = state.service.embed_image(_upload(state, upload), model=spec)
+    embedder = state.service.embedder(spec)
+    return [float(x) for x in vector], embedder.identity.name, embedder.device
+
+
+@router.post("/extract-features", dependencies=READ)
+def extract_features(
+    state: StateDep,
+    image: Annotated[UploadFile | None, File(description="The image (or use 'file').")] = None,
+    file: Annotated[UploadFile | None, File(description="The image (or use 'image').")] = None,
+) -> FeaturesOut:
+    """Seed 002: an image's feature vector (L2-normalised) with the configured model."""
+    upload = image or file
+    if upload is None:
+        missing = {"loc": ("body", "image"), "msg": "upload the image as 'image' or 'file'"}
+        raise RequestValidationError([{**missing, "type": "missing"}])
+    features, model, device = _embed_upload(state, upload)
+    return FeaturesOut(
+        success=True, features=features, dimensions=len(features), model=model, device=device
+    )
+
+
+@router.post("/embed-image", dependencies=READ)
+def embed_image(
+    state: StateDep, file: Annotated[UploadFile, File(description="The image.")]
+) -> ImageEmbeddingOut:
+    """Seed 004: an image's embedding with the configured model."""
+    embedding, model, device = _embed_upload(state, file)
+    return ImageEmbeddingOut(embedding=embedding, model=model, device=device)

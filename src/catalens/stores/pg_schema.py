@@ -1,0 +1,186 @@
+"""The PostgreSQL side of a pgvector collection: names, versioned migrations, extension check.
+
+Each collection lives in its own schema, ``catalens_<name>_<hash>`` (see ``Names``)::
+
+    schema_version (version, applied_at)        one row per applied migration
+    meta (key text PK, value jsonb)             dim, index, model identity, generation, count
+    images (image_id bigint PK, product_id text, embedding vector(dim), metadata jsonb)
+    products (id text PK, title text, metadata jsonb)
+
+``MIGRATIONS`` is an ordered list of functions; ``migrate`` applies the missing ones in one
+transaction under an advisory lock, so replicas opening the same collection at once are safe.
+A migration, once released, never changes: new shapes are new migrations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from catalens.errors import StoreError
+
+Conn = psycopg.Connection[Any]
+
+IMAGES = "images"
+NEXT_IMAGES = "images_next"
+"""A replacement table filled by a bulk load and swapped in by ``flush``."""
+
+VECTOR_HELP = (
+    "install pgvector on the server (e.g. `apt install postgresql-{major}-pgvector`, or run "
+    "the pgvector/pgvector:pg{major} image; https://github.com/pgvector/pgvector#installation)"
+    " and then, as a superuser, run `CREATE EXTENSION vector;` in database {db!r}"
+)
+
+
+@dataclass(frozen=True)
+class Names:
+    """The schema of one collection and the keys of its advisory locks."""
+
+    schema: str
+
+    @classmethod
+    def for_collection(cls, collection: str, key: str = "") -> Names:
+        """A valid, lower-case identifier from the name; the hash of name and ``key`` keeps
+        ``a.b`` and ``a_b`` apart, and a collection re-created under the same name (another
+        ``key``) from finding the old one's rows."""
+        slug = re.sub(r"[^a-z0-9_]+", "_", collection.lower()).strip("_")[:40] or "c"
+        digest = hashlib.sha1(f"{collection}\0{key}".encode()).hexdigest()[:8]
+        return cls(f"catalens_{slug}_{digest}")
+
+    def table(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+    def lock_key(self, purpose: str) -> int:
+        """A bigint key for ``pg_advisory_xact_lock``: ``migrate`` or ``write``."""
+        digest = hashlib.sha1(f"catalens:{purpose}:{self.schema}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _v1_tables(conn: Conn, names: Names, dim: int) -> None:
+    statements = [
+        "CREATE TABLE {meta} (key text PRIMARY KEY, value jsonb NOT NULL)",
+        "CREATE TABLE {images} (image_id bigint PRIMARY KEY, product_id text NOT NULL,"
+        " embedding vector({dim}) NOT NULL, metadata jsonb)",
+        # Auto-named (images_product_id_idx), so a swapped-in table renames it back by prefix.
+        "CREATE INDEX ON {images} (product_id)",
+        "CREATE TABLE {products} (id text PRIMARY KEY, title text NOT NULL DEFAULT '',"
+        " metadata jsonb NOT NULL DEFAULT '{{}}'::jsonb)",
+    ]
+    for statement in statements:
+        conn.execute(
+            sql.SQL(statement).format(
+                meta=names.table("meta"),
+                images=names.table(IMAGES),
+                products=names.table("products"),
+                dim=sql.Literal(dim),
+            )
+        )
+
+
+def _v2_product_metadata_index(conn: Conn, names: Names, dim: int) -> None:
+    # Containment filters (metadata @> '{"k": v}') can use it on large catalogs.
+    conn.execute(
+        sql.SQL("CREATE INDEX ON {} USING gin (metadata jsonb_path_ops)").format(
+            names.table("products")
+        )
+    )
+
+
+Migration = Callable[[Conn, Names, int], None]
+MIGRATIONS: tuple[Migration, ...] = (_v1_tables, _v2_product_metadata_index)
+
+
+def migrate(conn: Conn, names: Names, dim: int) -> int:
+    """Bring the collection's schema to the latest version; returns that version."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (names.lock_key("migrate"),))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.schema)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(names.table("schema_version"))
+        )
+        row = conn.execute(
+            sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(
+                names.table("schema_version")
+            )
+        ).fetchone()
+        current = int(row[0]) if row else 0
+        if current > len(MIGRATIONS):
+            raise StoreError(
+                f"schema {names.schema} is at version {current}, newer than this catalens "
+                f"knows ({len(MIGRATIONS)}): upgrade catalens"
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            MIGRATIONS[version - 1](conn, names, dim)
+            conn.execute(
+                sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(
+                    names.table("schema_version")
+                ),
+                (version,),
+            )
+    return len(MIGRATIONS)
+
+
+def read_meta(conn: Conn, names: Names) -> dict[str, Any]:
+    rows = conn.execute(sql.SQL("SELECT key, value FROM {}").format(names.table("meta")))
+    return {str(key): value for key, value in rows.fetchall()}
+
+
+def read_meta_value(conn: Conn, names: Names, key: str) -> Any:
+    row = conn.execute(
+        sql.SQL("SELECT value FROM {} WHERE key = %s").format(names.table("meta")), (key,)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def write_meta(conn: Conn, names: Names, values: Mapping[str, Any]) -> None:
+    conn.cursor().executemany(
+        sql.SQL(
+            "INSERT INTO {} (key, value) VALUES (%s, %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+        ).format(names.table("meta")),
+        [(key, Jsonb(value)) for key, value in values.items()],
+    )
+
+
+def ensure_vector_extension(conn: Conn, *, create: bool = True) -> str:
+    """The installed pgvector version; creates the extension when it may (``create``).
+
+    Raises StoreError with the commands to run when the extension is not available on the
+    server, or not enabled in this database and cannot be enabled by this user.
+    """
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    if row is not None:
+        return str(row[0])
+    info = conn.info
+    major = int(info.server_version) // 10000
+    hint = VECTOR_HELP.format(major=major, db=info.dbname)
+    available = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
+    ).fetchone()
+    if available is None:
+        raise StoreError(f"the pgvector extension is not installed on this server: {hint}")
+    if not create:
+        raise StoreError(
+            f"the pgvector extension is not enabled in database {info.dbname!r}: "
+            "run `CREATE EXTENSION vector;` in it"
+        )
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise StoreError(
+            f"the pgvector extension is not enabled in database {info.dbname!r} and user "
+            f"{info.user!r} may not enable it: as a superuser, run `CREATE EXTENSION vector;` "
+            f"in that database ({exc.diag.message_primary})"
+        ) from exc
+    return ensure_vector_extension(conn, create=False)

@@ -1,0 +1,202 @@
+"""Search SQL for the pgvector store: nearest neighbours, exact or through the HNSW index, and
+filtered searches that still return ``k`` when the filter is selective.
+
+pgvector 0.6 has no iterative index scans: an HNSW scan returns at most ``hnsw.ef_search``
+rows, and a filter applied after it can leave fewer than ``k``. So a filtered search either
+over-fetches from the index (and widens while too few rows pass) or scans the filtered rows
+exactly, whichever the planner's row estimate for the filter says is cheaper (``plan``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from catalens.settings import Metric
+from catalens.stores.pg_schema import IMAGES, Conn, Names, read_meta_value
+from catalens.types import ImageMatch
+
+MAX_EF_SEARCH = 1000
+"""pgvector's ceiling for ``hnsw.ef_search``: an index scan never returns more rows."""
+OPS = {"cosine": ("<=>", "vector_cosine_ops"), "l2": ("<->", "vector_l2_ops")}
+"""Metric -> (distance operator, HNSW operator class)."""
+
+
+@dataclass(frozen=True)
+class FilterPlan:
+    """How a filtered search runs: ``exact`` scans the filtered rows, ``overfetch`` asks the
+    HNSW index for ``fetch`` neighbours, filters them, and widens while too few are left."""
+
+    strategy: Literal["exact", "overfetch"]
+    estimated_rows: int
+    fetch: int
+
+
+@dataclass(frozen=True)
+class Searcher:
+    """What every search of one store needs besides the connection."""
+
+    names: Names
+    metric: Metric
+    ef_search: int
+    m: int
+
+    def nearest(
+        self, conn: Conn, table: str, query: NDArray[np.float32], k: int, *, exact: bool
+    ) -> list[ImageMatch]:
+        """The ``k`` nearest rows of ``table``, exactly or through the HNSW index."""
+        if k > MAX_EF_SEARCH:
+            exact = True
+        set_ef_search(conn, max(self.ef_search, k))
+        # Exact: the ORDER BY sits above a subquery the index cannot order, so the plan is a
+        # scan whatever the planner settings (psycopg's prepared statements keep their plans).
+        template = (
+            "SELECT image_id, product_id, distance FROM (SELECT image_id, product_id,"
+            " embedding {op} %b AS distance FROM {table} OFFSET 0) c ORDER BY distance LIMIT {k}"
+            if exact
+            else "SELECT image_id, product_id, embedding {op} %b AS distance FROM {table}"
+            " ORDER BY distance LIMIT {k}"
+        )
+        rows = conn.execute(
+            sql.SQL(template).format(
+                op=sql.SQL(OPS[self.metric][0]), table=self.names.table(table), k=sql.Literal(k)
+            ),
+            (query,),
+        ).fetchall()
+        return self.matches(rows)
+
+    def plan(
+        self,
+        conn: Conn,
+        table: str,
+        k: int,
+        product_filter: Mapping[str, Any],
+        *,
+        exact: bool,
+    ) -> FilterPlan:
+        explained = conn.execute(
+            sql.SQL(
+                "EXPLAIN (FORMAT JSON) SELECT 1 FROM {} i JOIN {} p ON p.id = i.product_id WHERE {}"
+            ).format(
+                self.names.table(table), self.names.table("products"), filter_sql(product_filter)
+            )
+        ).fetchone()
+        plan = explained[0] if explained else [{"Plan": {"Plan Rows": 0}}]
+        if isinstance(plan, str):
+            plan = json.loads(plan)
+        estimate = max(1, int(plan[0]["Plan"]["Plan Rows"]))
+        if exact or table != IMAGES:
+            return FilterPlan("exact", estimate, 0)
+        total = max(1, int(read_meta_value(conn, self.names, "count") or 0))
+        # Enough neighbours that ``k`` of them pass the filter, with a 2x margin.
+        fetch = max(k, self.ef_search, math.ceil(2 * k * total / estimate))
+        # An HNSW search at ef=fetch computes roughly fetch * m distances; the exact scan
+        # computes one per filtered row. Take the cheaper, and never an ef pgvector refuses.
+        if fetch > MAX_EF_SEARCH or estimate <= fetch * self.m:
+            return FilterPlan("exact", estimate, 0)
+        return FilterPlan("overfetch", estimate, fetch)
+
+    def filtered(
+        self,
+        conn: Conn,
+        table: str,
+        query: NDArray[np.float32],
+        k: int,
+        product_filter: Mapping[str, Any],
+        plan: FilterPlan,
+    ) -> list[ImageMatch]:
+        """The ``k`` nearest rows whose product matches ``product_filter``, as ``plan`` says."""
+        images, products = self.names.table(table), self.names.table("products")
+        where = filter_sql(product_filter)
+        op = sql.SQL(OPS[self.metric][0])
+        fetch = plan.fetch
+        while plan.strategy == "overfetch":
+            set_ef_search(conn, fetch)
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT c.image_id, c.product_id, c.distance FROM (SELECT image_id,"
+                    " product_id, embedding {op} %b AS distance FROM {images}"
+                    " ORDER BY distance LIMIT {fetch}) c JOIN {products} p ON p.id = c.product_id"
+                    " WHERE {where} ORDER BY c.distance LIMIT {k}"
+                ).format(
+                    op=op,
+                    images=images,
+                    products=products,
+                    where=where,
+                    fetch=sql.Literal(fetch),
+                    k=sql.Literal(k),
+                ),
+                (query,),
+            ).fetchall()
+            if len(rows) >= k:
+                return self.matches(rows)
+            if fetch >= MAX_EF_SEARCH:
+                break
+            fetch = min(MAX_EF_SEARCH, fetch * 4)
+        # An exact scan of the filtered rows: the materialised CTE cannot use the index.
+        rows = conn.execute(
+            sql.SQL(
+                "WITH c AS MATERIALIZED (SELECT i.image_id, i.product_id, i.embedding"
+                " FROM {images} i JOIN {products} p ON p.id = i.product_id WHERE {where})"
+                " SELECT image_id, product_id, embedding {op} %b AS distance FROM c"
+                " ORDER BY distance LIMIT {k}"
+            ).format(op=op, images=images, products=products, where=where, k=sql.Literal(k)),
+            (query,),
+        ).fetchall()
+        return self.matches(rows)
+
+    def matches(self, rows: list[tuple[Any, ...]]) -> list[ImageMatch]:
+        """Rows of (image id, product id, distance) as matches scored like ``FaissStore``."""
+        if self.metric == "cosine":
+            return [ImageMatch(int(i), str(p), 1.0 - float(d)) for i, p, d in rows]
+        return [ImageMatch(int(i), str(p), -float(d) * float(d)) for i, p, d in rows]
+
+
+def set_ef_search(conn: Conn, ef_search: int) -> None:
+    """``hnsw.ef_search`` for the current transaction only (a writer's outlives a search)."""
+    conn.execute(
+        "SELECT set_config('hnsw.ef_search', %s, true)", (str(min(ef_search, MAX_EF_SEARCH)),)
+    )
+
+
+def filter_sql(product_filter: Mapping[str, Any], alias: str = "p") -> sql.Composable:
+    """A WHERE clause on ``products`` matching ``ledger.metadata_matches``.
+
+    Every key must match; a list means "any of these"; a value matches when its JSON is
+    equal (containment, which the planner can estimate from column statistics) or its text
+    is ``str(wanted)``.
+    """
+    metadata = sql.SQL("{}.metadata").format(sql.Identifier(alias))
+    clauses: list[sql.Composable] = []
+    for key, wanted in product_filter.items():
+        options = wanted if isinstance(wanted, list) else [wanted]
+        alternatives: list[sql.Composable] = []
+        for value in options:
+            if value is None:
+                alternatives.append(
+                    sql.SQL("({m} -> {k} IS NULL OR {m} -> {k} = 'null'::jsonb)").format(
+                        m=metadata, k=sql.Literal(str(key))
+                    )
+                )
+            else:
+                alternatives.append(
+                    sql.SQL("({m} @> {doc} OR {m} ->> {k} = {text})").format(
+                        m=metadata,
+                        doc=sql.Literal(Jsonb({str(key): value})),
+                        k=sql.Literal(str(key)),
+                        text=sql.Literal(str(value)),
+                    )
+                )
+        if not alternatives:
+            clauses.append(sql.SQL("false"))
+        else:
+            clauses.append(sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives)))
+    return sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("true")

@@ -1,0 +1,597 @@
+"""A ``VectorStore`` in PostgreSQL with pgvector: one schema per collection (see ``pg_schema``).
+
+Writes (``upsert``, ``delete``, ``clear``, ``upsert_products``) go into one transaction on a
+writer connection, under an advisory lock; ``flush(tag)`` records the tag and the row count in
+``meta`` and commits. So a flush is atomic, and a crash or kill before it leaves the previous
+generation exactly as it was (the server rolls the transaction back). Searches by this store
+see its own unflushed changes; everyone else sees the last flush.
+
+A bulk load into an empty collection (or after ``clear``) goes into a fresh table without the
+HNSW index; ``flush`` builds the index once over all rows and swaps the table in, so readers
+elsewhere keep searching the old rows until the commit.
+
+Scores: cosine similarity (``1 - (a <=> b)``) for ``cosine``, negative squared L2 distance for
+``l2``: the same numbers as ``FaissStore``, so exact searches agree to float precision.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from catalens.errors import ConfigError, ModelMismatchError, StoreError
+from catalens.settings import Metric
+from catalens.types import ImageMatch, ModelIdentity, Product
+
+try:
+    import psycopg
+    from pgvector.psycopg import register_vector
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+    from psycopg_pool import ConnectionPool
+except ImportError as _exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"the pgvector store needs the pg extra: pip install 'catalens[pg]' ({_exc})"
+    ) from _exc
+
+from catalens.stores.pg_schema import (
+    IMAGES,
+    NEXT_IMAGES,
+    Conn,
+    Names,
+    ensure_vector_extension,
+    migrate,
+    read_meta,
+    read_meta_value,
+    write_meta,
+)
+from catalens.stores.pg_search import MAX_EF_SEARCH, OPS, FilterPlan, Searcher
+
+__all__ = ["FilterPlan", "PgVectorStore"]
+
+PgIndex = Literal["flat", "hnsw"]
+MAX_HNSW_DIM = 2000
+
+
+@dataclass
+class _Write:
+    """The open write transaction and where it writes."""
+
+    conn: Conn
+    target: str = IMAGES
+    changed: bool = False
+    products_changed: bool = False
+
+
+def _configure(conn: Conn) -> None:
+    register_vector(conn)
+    conn.commit()
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN for messages: user@host:port/dbname, never the password."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    host = params.get("host") or "localhost"
+    port = f":{params['port']}" if params.get("port") else ""
+    user = f"{params['user']}@" if params.get("user") else ""
+    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
+
+
+class PgVectorStore:
+    """One collection's image vectors in PostgreSQL + pgvector; see the module docstring.
+
+    ``index="hnsw"`` builds an HNSW index (``m``, ``ef_construction``) searched with
+    ``hnsw.ef_search``; ``index="flat"`` has none and every search is an exact scan.
+    ``model`` is recorded on first open and checked on every later one (ModelMismatchError).
+    The schema is named after ``collection`` and ``key`` (the service passes the collection's
+    creation time, so a collection deleted and made again starts from an empty schema).
+    ``build_memory`` sets ``maintenance_work_mem`` for index builds (e.g. ``"1GB"``).
+    Thread-safe; ``close`` (or the context manager) returns the connections.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        collection: str,
+        dim: int,
+        *,
+        index: PgIndex = "hnsw",
+        metric: Metric = "cosine",
+        m: int = 16,
+        ef_construction: int = 64,
+        ef_search: int = 40,
+        pool: int = 4,
+        model: ModelIdentity | None = None,
+        key: str = "",
+        build_memory: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if dim < 1:
+            raise ConfigError(f"vector dim must be positive, got {dim}")
+        if index not in ("flat", "hnsw"):
+            raise ConfigError(f"the pgvector store has index 'flat' or 'hnsw', not {index!r}")
+        if metric not in OPS:
+            raise ConfigError(f"unknown metric {metric!r}: use cosine or l2")
+        if index == "hnsw" and dim > MAX_HNSW_DIM:
+            raise ConfigError(f"pgvector's HNSW index takes at most {MAX_HNSW_DIM} dims")
+        if pool < 1 or m < 2 or ef_construction < 2 * m or not 1 <= ef_search <= MAX_EF_SEARCH:
+            raise ConfigError(
+                f"bad pgvector options: pool={pool}, m={m}, ef_construction={ef_construction}"
+                f" (at least 2*m), ef_search={ef_search} (1-{MAX_EF_SEARCH})"
+            )
+        self._dsn = dsn
+        self._collection = collection
+        self._dim = dim
+        self._index = index
+        self._metric = metric
+        self._m = m
+        self._ef_construction = ef_construction
+        self._ef_search = ef_search
+        self._build_memory = build_memory
+        self._names = Names.for_collection(collection, key)
+        self._exact = index == "flat"
+        self._searcher = Searcher(self._names, metric, ef_search, m)
+        self._lock = threading.RLock()
+        self._write: _Write | None = None
+        self._bootstrap(model, connect_timeout)
+        self._pool: ConnectionPool[Conn] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool,
+            open=False,
+            configure=_configure,
+            check=ConnectionPool.check_connection,
+            kwargs={"connect_timeout": max(1, int(connect_timeout))},
+            name=f"catalens-{self._names.schema}",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except Exception as exc:
+            self._pool.close()
+            raise StoreError(f"{safe_dsn(dsn)}: cannot open a connection pool: {exc}") from exc
+        self._finalizer = weakref.finalize(self, self._pool.close)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @property
+    def index_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"type": self._index, "metric": self._metric}
+        if self._index == "hnsw":
+            spec.update(m=self._m, ef_construction=self._ef_construction)
+        return spec
+
+    def _bootstrap(self, model: ModelIdentity | None, timeout: float) -> None:
+        where = safe_dsn(self._dsn)
+        try:
+            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=max(1, int(timeout)))
+        except psycopg.Error as exc:
+            raise StoreError(f"{where}: cannot connect: {exc}") from exc
+        try:
+            with conn:
+                ensure_vector_extension(conn)
+                migrate(conn, self._names, self._dim)
+                with conn.transaction():
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s)", (self._names.lock_key("migrate"),)
+                    )
+                    self._check_meta(conn, model)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"{where}: cannot open collection {self._collection!r}: {exc}"
+            ) from exc
+
+    def _check_meta(self, conn: Conn, model: ModelIdentity | None) -> None:
+        meta = read_meta(conn, self._names)
+        where = f"collection {self._collection!r} (schema {self._names.schema})"
+        if "dim" not in meta:
+            values: dict[str, Any] = {
+                "dim": self._dim,
+                "index": self.index_spec,
+                "generation": None,
+                "count": 0,
+            }
+            if model is not None:
+                values["model"] = model.to_dict()
+            write_meta(conn, self._names, values)
+            if self._index == "hnsw":
+                self._create_index(conn, IMAGES)
+            return
+        if meta["dim"] != self._dim:
+            raise StoreError(f"{where} holds {meta['dim']}-d vectors, opened with dim={self._dim}")
+        saved = meta.get("index") or {}
+        if saved != self.index_spec:
+            raise StoreError(
+                f"{where} was built with index {saved}, opened with {self.index_spec};"
+                " rebuild the collection to change them"
+            )
+        if model is None:
+            return
+        stored = meta.get("model")
+        if stored is None:
+            write_meta(conn, self._names, {"model": model.to_dict()})
+            return
+        theirs = ModelIdentity.from_dict(stored)
+        if theirs.key() != model.key():
+            raise ModelMismatchError(
+                f"{where} holds vectors of {theirs.name} (revision {theirs.revision}, dim "
+                f"{theirs.dim}); opened for {model.name} (revision {model.revision}, dim "
+                f"{model.dim}). Use the collection's own model or another collection."
+            )
+
+    def _create_index(self, conn: Conn, table: str) -> None:
+        if self._build_memory:
+            conn.execute(
+                "SELECT set_config('maintenance_work_mem', %s, true)", (self._build_memory,)
+            )
+        conn.execute(
+            sql.SQL(
+                "CREATE INDEX ON {} USING hnsw (embedding {}) WITH (m = {}, ef_construction = {})"
+            ).format(
+                self._names.table(table),
+                sql.SQL(OPS[self._metric][1]),
+                sql.Literal(self._m),
+                sql.Literal(self._ef_construction),
+            )
+        )
+
+    # -- protocol --------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def names(self) -> Names:
+        return self._names
+
+    def __len__(self) -> int:
+        with self._reading() as (conn, table):
+            if self._write is not None and conn is self._write.conn:
+                row = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(self._names.table(table))
+                ).fetchone()
+                return int(row[0]) if row else 0
+            return int(read_meta_value(conn, self._names, "count") or 0)
+
+    def generation(self) -> str | None:
+        """The tag given to the last ``flush`` (None if it had none)."""
+        with self._reading() as (conn, _):
+            tag = read_meta_value(conn, self._names, "generation")
+            return None if tag is None else str(tag)
+
+    def upsert(
+        self,
+        image_ids: Sequence[int],
+        product_ids: Sequence[str],
+        vectors: NDArray[np.float32],
+    ) -> None:
+        """Add vectors; an image id already present is replaced (the last one wins)."""
+        ids = _as_ids(image_ids)
+        matrix = self._as_matrix(vectors, "vectors")
+        if not len(ids) == len(product_ids) == len(matrix):
+            raise ValueError(
+                f"{len(ids)} image ids, {len(product_ids)} product ids, {len(matrix)} vectors"
+            )
+        if len(ids) == 0:
+            return
+        _, last = np.unique(ids[::-1], return_index=True)
+        keep = np.sort(len(ids) - 1 - last)
+        products = [str(product_ids[i]) for i in keep.tolist()]
+        rows = zip(ids[keep].tolist(), products, matrix[keep], strict=True)
+        with self._writing() as write:
+            conn = write.conn
+            if self._index == "hnsw" and write.target == IMAGES and not write.changed:
+                empty = conn.execute(
+                    sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(
+                        self._names.table(IMAGES)
+                    )
+                ).fetchone()
+                if empty and empty[0]:
+                    self._start_bulk(write)
+            write.changed = True
+            conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS catalens_stage"
+                " (image_id bigint, product_id text, embedding vector) ON COMMIT DROP"
+            )
+            conn.execute("TRUNCATE catalens_stage")
+            with (
+                conn.cursor() as cursor,
+                cursor.copy(
+                    "COPY catalens_stage (image_id, product_id, embedding)"
+                    " FROM STDIN (FORMAT BINARY)"
+                ) as copy,
+            ):
+                copy.set_types(["int8", "text", "vector"])
+                for row in rows:
+                    copy.write_row(row)
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (image_id, product_id, embedding)"
+                    " SELECT image_id, product_id, embedding FROM catalens_stage"
+                    " ON CONFLICT (image_id) DO UPDATE"
+                    " SET product_id = EXCLUDED.product_id, embedding = EXCLUDED.embedding"
+                ).format(self._names.table(write.target))
+            )
+
+    def delete(self, image_ids: Sequence[int]) -> None:
+        """Remove vectors by image id; unknown ids are ignored."""
+        ids = sorted(set(_as_ids(image_ids).tolist()))
+        if not ids:
+            return
+        with self._writing() as write:
+            write.changed = True
+            write.conn.execute(
+                sql.SQL("DELETE FROM {} WHERE image_id = ANY(%s)").format(
+                    self._names.table(write.target)
+                ),
+                (ids,),
+            )
+
+    def clear(self) -> None:
+        """Remove every vector (products stay); a following load is a bulk load."""
+        with self._writing() as write:
+            write.changed = True
+            if self._index == "hnsw":
+                self._start_bulk(write)
+                write.conn.execute(sql.SQL("TRUNCATE {}").format(self._names.table(NEXT_IMAGES)))
+            else:
+                write.conn.execute(sql.SQL("DELETE FROM {}").format(self._names.table(IMAGES)))
+
+    def flush(self, tag: str | None = None) -> None:
+        """Commit every change so far together with ``tag`` (atomically: all or nothing)."""
+        with self._lock:
+            write = self._write
+            if write is None:
+                if tag == self.generation():
+                    return
+                with self._writing() as write:
+                    pass
+            try:
+                conn = write.conn
+                if write.target == NEXT_IMAGES:
+                    self._finish_bulk(conn)
+                count = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(self._names.table(IMAGES))
+                ).fetchone()
+                write_meta(
+                    conn, self._names, {"generation": tag, "count": int(count[0]) if count else 0}
+                )
+                if write.products_changed:
+                    conn.execute(sql.SQL("ANALYZE {}").format(self._names.table("products")))
+                conn.commit()
+            except psycopg.Error as exc:
+                self._abort()
+                raise StoreError(
+                    f"{self._where}: flush failed, nothing was written: {exc}"
+                ) from exc
+            self._release()
+
+    def search(
+        self,
+        queries: NDArray[np.float32],
+        k: int,
+        *,
+        product_filter: Mapping[str, Any] | None = None,
+        exact: bool | None = None,
+    ) -> list[list[ImageMatch]]:
+        """For each query row, up to ``k`` images, best first.
+
+        ``product_filter`` keeps images whose product's metadata matches (see
+        ``pg_search.filter_sql``) and still returns ``k`` when that many match. ``exact``
+        forces (or, for ``hnsw``, forbids) an exact scan; by default ``flat`` is exact.
+        """
+        matrix = self._as_matrix(queries, "queries")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        exact = self._exact if exact is None else exact
+        searcher = self._searcher
+        with self._reading() as (conn, table):
+            if product_filter:
+                plan = searcher.plan(conn, table, k, product_filter, exact=exact)
+                return [searcher.filtered(conn, table, q, k, product_filter, plan) for q in matrix]
+            return [searcher.nearest(conn, table, q, k, exact=exact) for q in matrix]
+
+    # -- products and filters ----------------------------------------------------------------
+
+    def upsert_products(self, products: Sequence[Product]) -> None:
+        """Add or replace products (id, title, metadata) for filtered searches."""
+        if not products:
+            return
+        with self._writing() as write:
+            write.products_changed = True
+            with write.conn.cursor() as cursor:
+                cursor.executemany(
+                    sql.SQL(
+                        "INSERT INTO {} (id, title, metadata) VALUES (%s, %s, %s)"
+                        " ON CONFLICT (id) DO UPDATE"
+                        " SET title = EXCLUDED.title, metadata = EXCLUDED.metadata"
+                    ).format(self._names.table("products")),
+                    [(p.id, p.title, Jsonb(dict(p.metadata), dumps=_dumps)) for p in products],
+                )
+
+    def delete_products(self, product_ids: Sequence[str]) -> None:
+        """Remove products by id (their images stay until deleted); unknown ids are ignored."""
+        if not product_ids:
+            return
+        with self._writing() as write:
+            write.products_changed = True
+            write.conn.execute(
+                sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self._names.table("products")),
+                (list(product_ids),),
+            )
+
+    def plan_filter(
+        self, k: int, product_filter: Mapping[str, Any], *, exact: bool | None = None
+    ) -> FilterPlan:
+        """How ``search`` would run this filter now (from the planner's row estimate)."""
+        with self._reading() as (conn, table):
+            return self._searcher.plan(
+                conn, table, k, product_filter, exact=self._exact if exact is None else exact
+            )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _start_bulk(self, write: _Write) -> None:
+        """Write into a fresh unindexed copy of ``images``; ``flush`` indexes and swaps it."""
+        if write.target == NEXT_IMAGES:
+            return
+        conn, names = write.conn, self._names
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(names.table(NEXT_IMAGES)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+                names.table(NEXT_IMAGES), names.table(IMAGES)
+            )
+        )
+        # LIKE copied the HNSW index too: drop it, flush builds it after the load.
+        for index in self._indexes(conn, NEXT_IMAGES, method="hnsw"):
+            conn.execute(sql.SQL("DROP INDEX {}").format(names.table(index)))
+        write.target = NEXT_IMAGES
+
+    def _finish_bulk(self, conn: Conn) -> None:
+        names = self._names
+        if self._index == "hnsw":
+            self._create_index(conn, NEXT_IMAGES)
+        conn.execute(sql.SQL("DROP TABLE {}").format(names.table(IMAGES)))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                names.table(NEXT_IMAGES), sql.Identifier(IMAGES)
+            )
+        )
+        prefix = NEXT_IMAGES + "_"
+        for index in self._indexes(conn, IMAGES):
+            if index.startswith(prefix):
+                conn.execute(
+                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        names.table(index), sql.Identifier(IMAGES + "_" + index[len(prefix) :])
+                    )
+                )
+        conn.execute(sql.SQL("ANALYZE {}").format(names.table(IMAGES)))
+
+    def _indexes(self, conn: Conn, table: str, *, method: str | None = None) -> list[str]:
+        """Names of the indexes on ``table`` (only those of access ``method`` if given)."""
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_am a ON a.oid = c.relam"
+            " WHERE i.indrelid = %s::regclass AND (%s::text IS NULL OR a.amname = %s)",
+            (f'"{self._names.schema}"."{table}"', method, method),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    @property
+    def _where(self) -> str:
+        return f"{safe_dsn(self._dsn)} collection {self._collection!r}"
+
+    @contextmanager
+    def _writing(self) -> Iterator[_Write]:
+        """The write transaction (begun on first use); an error aborts all of it."""
+        with self._lock:
+            if self._write is None:
+                try:
+                    conn = self._pool.getconn()
+                except Exception as exc:
+                    raise StoreError(f"{self._where}: no connection: {exc}") from exc
+                self._write = _Write(conn)
+                try:
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s)", (self._names.lock_key("write"),)
+                    )
+                except psycopg.Error as exc:
+                    self._abort()
+                    raise StoreError(f"{self._where}: cannot start writing: {exc}") from exc
+            try:
+                yield self._write
+            except psycopg.Error as exc:
+                self._abort()
+                raise StoreError(
+                    f"{self._where}: write failed, unflushed changes were rolled back: {exc}"
+                ) from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[tuple[Conn, str]]:
+        """A connection and the table to read: the writer's while changes are unflushed."""
+        with self._lock:
+            if self._write is not None:
+                try:
+                    yield self._write.conn, self._write.target
+                except psycopg.Error as exc:
+                    self._abort()
+                    raise StoreError(
+                        f"{self._where}: read failed, unflushed changes were rolled back: {exc}"
+                    ) from exc
+                return
+        try:
+            with self._pool.connection() as conn:
+                yield conn, IMAGES
+        except psycopg.Error as exc:
+            raise StoreError(f"{self._where}: {exc}") from exc
+
+    def _abort(self) -> None:
+        write = self._write
+        if write is None:
+            return
+        with suppress(psycopg.Error):
+            write.conn.rollback()
+        self._release()
+
+    def _release(self) -> None:
+        write, self._write = self._write, None
+        if write is not None:
+            self._pool.putconn(write.conn)
+
+    def close(self) -> None:
+        """Roll back unflushed changes and close the connections."""
+        with self._lock:
+            self._abort()
+            self._finalizer()
+
+    def drop(self) -> None:
+        """Delete the collection's schema (every vector, product and meta row) and close."""
+        with self._lock:
+            self._abort()
+            try:
+                with self._pool.connection() as conn:
+                    conn.execute(
+                        sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                            sql.Identifier(self._names.schema)
+                        )
+                    )
+            except psycopg.Error as exc:
+                raise StoreError(f"{self._where}: cannot drop the schema: {exc}") from exc
+            self._finalizer()
+
+    def __enter__(self) -> PgVectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _as_matrix(self, array: NDArray[np.float32], what: str) -> NDArray[np.float32]:
+        matrix = np.asarray(array)
+        if matrix.ndim != 2 or matrix.shape[1] != self._dim:
+            raise StoreError(f"{what} have shape {matrix.shape}, this store holds {self._dim}-d")
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        if not np.isfinite(matrix).all():
+            raise StoreError(f"{what} contain NaN or infinite values")
+        return matrix
+
+
+def _as_ids(image_ids: Sequence[int]) -> NDArray[np.int64]:
+    ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+    if len(ids) and ids.min() < 0:
+        raise ValueError("image ids must be non-negative")
+    return ids
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)

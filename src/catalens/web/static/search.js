@@ -1,0 +1,317 @@
+// The search page: pick a collection, give an image (drop, paste, file, camera) or words,
+// and show the matching products.
+
+import { api, ApiError, el, initErrorBanner, showError } from "./common.js";
+
+const ALL = "__all__";
+const STORAGE_KEY = "catalens.collection";
+const PREFERRED_META = ["brand", "category", "price"];
+const HIDDEN_META = new Set(["title", "name", "id", "images", "image", "preview_image", "url", "product_url"]);
+const MAX_META = 3;
+
+const $ = (id) => document.getElementById(id);
+const select = $("collection");
+const dropZone = $("drop-zone");
+const fileInput = $("file-input");
+const cameraInput = $("camera-input");
+const textForm = $("text-form");
+const textQuery = $("text-query");
+const topK = $("top-k");
+const querySection = $("query");
+const preview = $("query-preview");
+const thumb = preview.parentElement;
+const queryLabel = $("query-label");
+const statusLine = $("status");
+const resultsSection = $("results-section");
+const resultsList = $("results");
+const template = $("result-template");
+
+const infoCache = new Map();
+let collections = [];
+let inFlight = null;
+let previewUrl = null;
+
+// -- collections -------------------------------------------------------------------------
+
+async function loadCollections() {
+  let data;
+  try {
+    data = await api("/v1/collections");
+  } catch (err) {
+    select.replaceChildren(el("option", { value: "", text: "Unavailable" }));
+    showError(err.message, "Could not load collections:");
+    return;
+  }
+  collections = Array.isArray(data) ? data : (data && data.collections) || [];
+  select.replaceChildren();
+  if (collections.length === 0) {
+    select.append(el("option", { value: "", text: "No collections yet" }));
+    select.disabled = true;
+    showError("Ingest a catalog first, e.g. `catalens ingest --collection shop --source products.csv`.", "No collections.");
+    return;
+  }
+  if (collections.length > 1) select.append(el("option", { value: ALL, text: "All collections" }));
+  for (const c of collections) {
+    select.append(el("option", { value: c.name, text: c.products != null ? `${c.name} (${c.products})` : c.name }));
+  }
+  const wanted = new URLSearchParams(location.search).get("collection") || localStorage.getItem(STORAGE_KEY);
+  const names = new Set(collections.map((c) => c.name));
+  if (wanted && (names.has(wanted) || (wanted === ALL && collections.length > 1))) select.value = wanted;
+  await onCollectionChange();
+}
+
+async function collectionInfo(name) {
+  if (!infoCache.has(name)) {
+    infoCache.set(name, api(`/v1/collections/${encodeURIComponent(name)}`).catch(() => ({})));
+  }
+  return infoCache.get(name);
+}
+
+/** true, false, or undefined when the API does not say. */
+async function textTower(name) {
+  if (name !== ALL) {
+    const info = await collectionInfo(name);
+    return typeof info.has_text_tower === "boolean" ? info.has_text_tower : undefined;
+  }
+  const towers = await Promise.all(collections.map((c) => textTower(c.name)));
+  if (towers.some((t) => t === true)) return true;
+  return towers.every((t) => t === false) ? false : undefined;
+}
+
+async function onCollectionChange() {
+  const name = select.value;
+  try {
+    localStorage.setItem(STORAGE_KEY, name);
+  } catch {
+    /* private mode: not remembered */
+  }
+  const tower = await textTower(name);
+  if (select.value !== name) return;
+  textForm.hidden = tower === false;
+}
+
+// -- queries -----------------------------------------------------------------------------
+
+function searchPath() {
+  const name = select.value;
+  return name === ALL || !name ? "/v1/search" : `/v1/collections/${encodeURIComponent(name)}/search`;
+}
+
+function imageFrom(list) {
+  for (const item of list || []) {
+    const file = item instanceof File ? item : item.kind === "file" ? item.getAsFile() : null;
+    if (file && (!file.type || file.type.startsWith("image/"))) return file;
+  }
+  return null;
+}
+
+function showQuery({ file, text }) {
+  querySection.hidden = false;
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = null;
+  thumb.classList.remove("broken");
+  thumb.hidden = !file;
+  if (file) {
+    previewUrl = URL.createObjectURL(file);
+    preview.src = previewUrl;
+    preview.hidden = false;
+    const kb = Math.max(1, Math.round(file.size / 1024));
+    queryLabel.textContent = `${file.name || "Pasted image"} · ${kb} KB`;
+  } else {
+    preview.hidden = true;
+    preview.removeAttribute("src");
+    queryLabel.textContent = `“${text}”`;
+  }
+}
+
+async function search({ file, text }) {
+  if (!select.value) return;
+  if (inFlight) inFlight.abort();
+  const controller = new AbortController();
+  inFlight = controller;
+  showError(null);
+  showQuery({ file, text });
+  statusLine.textContent = "Searching…";
+  document.body.classList.add("busy");
+  const k = Number(topK.value) || 12;
+  let options;
+  if (file) {
+    const form = new FormData();
+    form.append("image", file, file.name || "pasted.png");
+    form.append("top_k", String(k));
+    options = { method: "POST", body: form };
+  } else {
+    options = {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ text, top_k: k }),
+    };
+  }
+  try {
+    const started = performance.now();
+    const data = await api(searchPath(), { ...options, signal: controller.signal });
+    if (inFlight !== controller) return;
+    const results = Array.isArray(data) ? data : (data && data.results) || [];
+    renderResults(results);
+    const took = data && typeof data.took_ms === "number" ? data.took_ms : performance.now() - started;
+    statusLine.textContent = results.length
+      ? `${results.length} ${results.length === 1 ? "match" : "matches"} in ${Math.round(took)} ms`
+      : "No products matched.";
+  } catch (err) {
+    if (controller.signal.aborted) return;
+    renderResults([]);
+    resultsSection.hidden = true;
+    statusLine.textContent = "";
+    const prefix = err instanceof ApiError && err.status ? "Search failed:" : "Error:";
+    showError(err.message, prefix);
+  } finally {
+    if (inFlight === controller) {
+      inFlight = null;
+      document.body.classList.remove("busy");
+    }
+  }
+}
+
+// -- results -----------------------------------------------------------------------------
+
+function metaEntries(metadata) {
+  const entries = [];
+  const seen = new Set();
+  const usable = (value) =>
+    (typeof value === "string" && value.trim() && value.length <= 48 && !/^(https?:|data:|\/)/.test(value)) ||
+    typeof value === "number";
+  for (const key of PREFERRED_META) {
+    if (usable(metadata[key])) {
+      entries.push([key, metadata[key]]);
+      seen.add(key);
+    }
+  }
+  for (const [key, value] of Object.entries(metadata)) {
+    if (entries.length >= MAX_META) break;
+    if (seen.has(key) || HIDDEN_META.has(key.toLowerCase()) || key.startsWith("_") || !usable(value)) continue;
+    entries.push([key, value]);
+  }
+  return entries.slice(0, MAX_META);
+}
+
+const label = (key) => key.replace(/[_-]+/g, " ").replace(/^\w/, (c) => c.toUpperCase());
+
+function placeholder(media, title) {
+  media.classList.add("no-image");
+  media.dataset.initial = (title || "?").trim().charAt(0).toUpperCase();
+}
+
+function renderCard(hit) {
+  const card = template.content.firstElementChild.cloneNode(true);
+  const title = hit.title || hit.product_id || "Untitled";
+  card.dataset.productId = hit.product_id ?? "";
+  card.querySelector(".rank").textContent = `#${hit.rank ?? ""}`;
+  const media = card.querySelector(".card-media");
+  const img = card.querySelector("img");
+  const src = hit.image_url || (/^https?:/.test(hit.image || "") ? hit.image : null);
+  if (src) {
+    img.src = src;
+    img.alt = title;
+    img.addEventListener("error", () => {
+      img.remove();
+      placeholder(media, title);
+    });
+  } else {
+    img.remove();
+    placeholder(media, title);
+  }
+  card.querySelector(".card-title").textContent = title;
+  card.querySelector(".card-title").title = title;
+  const meta = card.querySelector(".meta");
+  const metadata = hit.metadata && typeof hit.metadata === "object" ? hit.metadata : {};
+  for (const [key, value] of metaEntries(metadata)) {
+    meta.append(el("div", { class: `meta-item meta-${key}` }, el("dt", { text: label(key) }), el("dd", { text: String(value) })));
+  }
+  if (select.value === ALL && hit.collection) {
+    meta.append(el("div", { class: "meta-item meta-collection" }, el("dt", { text: "Collection" }), el("dd", { text: hit.collection })));
+  }
+  const score = Number(hit.score) || 0;
+  const pct = Math.max(0, Math.min(1, score)) * 100;
+  card.querySelector(".score-bar span").style.width = `${pct.toFixed(1)}%`;
+  const value = card.querySelector(".score-value");
+  value.textContent = `${pct.toFixed(1)}%`;
+  value.title = `cosine similarity ${score.toFixed(4)}`;
+  card.querySelector(".score").setAttribute("aria-label", `Similarity ${pct.toFixed(1)} percent`);
+  card.classList.toggle("strong", pct >= 80);
+  return card;
+}
+
+function renderResults(results) {
+  resultsList.replaceChildren(...results.map(renderCard));
+  resultsSection.hidden = results.length === 0;
+}
+
+// -- input wiring ------------------------------------------------------------------------
+
+function onPicked(input) {
+  const file = input.files && input.files[0];
+  if (file) search({ file });
+  input.value = "";
+}
+
+// A file the browser cannot draw still goes to the API, which says what is wrong with it.
+preview.addEventListener("error", () => {
+  if (!preview.getAttribute("src")) return;
+  preview.hidden = true;
+  thumb.classList.add("broken");
+});
+
+fileInput.addEventListener("change", () => onPicked(fileInput));
+cameraInput.addEventListener("change", () => onPicked(cameraInput));
+select.addEventListener("change", onCollectionChange);
+topK.addEventListener("change", () => {
+  const text = textQuery.value.trim();
+  if (!querySection.hidden && preview.hidden && text) search({ text });
+});
+
+textForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = textQuery.value.trim();
+  if (text) search({ text });
+});
+
+dropZone.addEventListener("keydown", (event) => {
+  if (event.target === dropZone && (event.key === "Enter" || event.key === " ")) {
+    event.preventDefault();
+    fileInput.click();
+  }
+});
+
+let dragDepth = 0;
+const hasFiles = (event) => Array.from(event.dataTransfer?.types || []).includes("Files");
+window.addEventListener("dragenter", (event) => {
+  if (!hasFiles(event)) return;
+  dragDepth += 1;
+  dropZone.classList.add("dragging");
+});
+window.addEventListener("dragleave", () => {
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (dragDepth === 0) dropZone.classList.remove("dragging");
+});
+window.addEventListener("dragover", (event) => {
+  if (hasFiles(event)) event.preventDefault();
+});
+window.addEventListener("drop", (event) => {
+  if (!hasFiles(event)) return;
+  event.preventDefault();
+  dragDepth = 0;
+  dropZone.classList.remove("dragging");
+  const file = imageFrom(event.dataTransfer.files);
+  if (file) search({ file });
+  else showError("Drop an image file (JPEG, PNG, WebP…).", "Not an image:");
+});
+
+document.addEventListener("paste", (event) => {
+  const file = imageFrom(event.clipboardData?.files) || imageFrom(event.clipboardData?.items);
+  if (!file) return;
+  event.preventDefault();
+  search({ file });
+});
+
+initErrorBanner();
+loadCollections();

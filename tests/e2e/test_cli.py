@@ -1,0 +1,123 @@
+"""The command line as a user runs it: real subprocesses, real model, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from catalens.sample import SampleCatalog, generate_sample_catalog
+
+
+def _run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CATALENS_HOME=str(home), COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "catalens", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleCatalog:
+    return generate_sample_catalog(tmp_path_factory.mktemp("sample"), products=6)
+
+
+@pytest.fixture
+def ingested(tmp_path: Path, sample: SampleCatalog, mobilenet_dir: Path) -> Path:
+    home = tmp_path / "home"
+    result = _run(
+        home,
+        "ingest",
+        "-c",
+        "shop",
+        "--source",
+        str(sample.catalog_csv),
+        "--model",
+        str(mobilenet_dir),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "6 products" in result.stdout
+    return home
+
+
+def test_search_json_finds_the_product(ingested: Path, sample: SampleCatalog) -> None:
+    product = sample.products[2]
+    result = _run(ingested, "search", "-c", "shop", str(product.images[0]), "--json", "-k", "3")
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert hits[0]["product_id"] == product.id
+    assert hits[0]["title"] == product.title
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["metadata"]["category"] == product.category
+
+
+def test_search_all_collections_and_listing(ingested: Path, sample: SampleCatalog) -> None:
+    listing = _run(ingested, "collections", "--json")
+    assert json.loads(listing.stdout)[0]["products"] == 6
+    result = _run(ingested, "search", "-c", "all", str(sample.products[0].images[0]), "--json")
+    assert json.loads(result.stdout)[0]["collection"] == "shop"
+
+
+def test_text_search_on_an_image_only_model_is_a_clear_error(ingested: Path) -> None:
+    result = _run(ingested, "search", "-c", "shop", "--text", "milk")
+    assert result.returncode == 1
+    assert "no text tower" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_collection_and_missing_source_are_one_line_errors(tmp_path: Path) -> None:
+    missing = _run(tmp_path, "search", "-c", "nope", "x.jpg")
+    assert missing.returncode == 1
+    assert "no collection named 'nope'" in missing.stderr
+    bad = _run(tmp_path, "ingest", "-c", "shop", "--source", str(tmp_path / "absent.csv"))
+    assert bad.returncode == 1
+    assert "does not exist" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_rejected_rows_are_reported_with_line_numbers(tmp_path: Path, mobilenet_dir: Path) -> None:
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(image)
+    catalog = tmp_path / "c.csv"
+    catalog.write_text(
+        "shopify_product_id,title,images,preview_image,category\n"
+        f'1,Good,"[""{image}""]",,Cat\n'
+        '2,Bad,"[{""nested"": 1}]",,Cat\n'
+    )
+    result = _run(
+        tmp_path / "home",
+        "ingest",
+        "-c",
+        "s",
+        "--source",
+        str(catalog),
+        "--model",
+        str(mobilenet_dir),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 rejected" in result.stdout
+    assert "line 3" in result.stdout
+
+
+def test_doctor_reports_each_check(tmp_path: Path, mobilenet_dir: Path) -> None:
+    good = _run(tmp_path, "doctor", "--model", str(mobilenet_dir))
+    assert good.returncode == 0, good.stdout
+    assert "model: mobilenetv2" in good.stdout
+    assert "store:" in good.stdout
+    broken = _run(tmp_path, "doctor", "--model", str(tmp_path / "no-such-model"))
+    assert broken.returncode == 1
+    assert "FAIL model" in broken.stdout
+
+
+def test_delete_collection(ingested: Path) -> None:
+    assert _run(ingested, "delete", "-c", "shop").returncode == 0
+    assert json.loads(_run(ingested, "collections", "--json").stdout) == []
