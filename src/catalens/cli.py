@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -41,6 +41,7 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
 
@@ -164,10 +165,11 @@ def _print_ingest(report: IngestReport, as_json: bool) -> None:
             f"{source.images} images, {len(source.rejected)} rejected, "
             f"{len(source.repaired)} repaired"
         )
-        for row in source.rejected[:20]:
-            out.print(f"  [yellow]rejected[/yellow] line {row.line}: {row.reason}", highlight=False)
-        if len(source.rejected) > 20:
-            out.print(f"  ... and {len(source.rejected) - 20} more rejected rows")
+        _print_first(
+            source.rejected,
+            lambda row: f"  [yellow]rejected[/yellow] line {row.line}: {row.reason}",
+            "rejected rows",
+        )
     out.print(
         f"ingest  {report.collection}: {report.products_seen} products "
         f"(+{report.products_added} new, -{report.products_removed} removed); images: "
@@ -175,10 +177,19 @@ def _print_ingest(report: IngestReport, as_json: bool) -> None:
         f"{report.images_reused} reused, {report.images_removed} removed, "
         f"{report.images_failed} failed in {report.seconds:.1f}s"
     )
-    for failure in report.failed[:20]:
-        out.print(f"  [red]failed[/red] {failure.product_id}: {failure.reason}", highlight=False)
-    if len(report.failed) > 20:
-        out.print(f"  ... and {len(report.failed) - 20} more failed images")
+    _print_first(
+        report.failed,
+        lambda failure: f"  [red]failed[/red] {failure.product_id}: {failure.reason}",
+        "failed images",
+    )
+
+
+def _print_first(items: Sequence[T], line: Callable[[T], str], rest: str, shown: int = 20) -> None:
+    """One line each for the first ``shown`` items, then how many ``rest`` were left out."""
+    for item in items[:shown]:
+        out.print(line(item), highlight=False)
+    if len(items) > shown:
+        out.print(f"  ... and {len(items) - shown} more {rest}")
 
 
 @app.command()

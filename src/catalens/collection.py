@@ -153,8 +153,14 @@ class Collection:
         cls, directory: Path, config: CollectionConfig, store_factory: StoreFactory
     ) -> Collection:
         directory.mkdir(parents=True, exist_ok=True)
+        try:
+            store = store_factory(config, directory)
+        except BaseException:
+            # No collection.json yet, so nothing half-made is ever taken for a collection.
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         write_json_atomic(directory / CONFIG_FILE, config.to_dict())
-        return cls(directory, config, store_factory(config, directory))
+        return cls(directory, config, store)
 
     @classmethod
     def open(cls, directory: Path, store_factory: StoreFactory) -> Collection:
@@ -167,6 +173,7 @@ class Collection:
 
     def close(self) -> None:
         self.save_query_mean()
+        self.store.close()
         self.ledger.close()
 
     def observe_query(self, vector: NDArray[np.float32]) -> None:
@@ -262,23 +269,21 @@ class Collection:
             "SELECT image_id, content_hash, status FROM images WHERE product_id = ? AND ref = ?",
             (change.product_id, change.ref),
         ).fetchone()
-        now = time.time()
+        # The columns both the insert and the update write, in this order.
+        state = (
+            change.position,
+            change.content_hash,
+            change.file_size,
+            change.file_mtime_ns,
+            change.status,
+            change.error,
+            time.time(),
+        )
         if row is None:
             cursor = db.execute(
-                "INSERT INTO images (product_id, ref, position, origin, content_hash, file_size, "
+                "INSERT INTO images (product_id, ref, origin, position, content_hash, file_size, "
                 "file_mtime_ns, status, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    change.product_id,
-                    change.ref,
-                    change.position,
-                    change.origin,
-                    change.content_hash,
-                    change.file_size,
-                    change.file_mtime_ns,
-                    change.status,
-                    change.error,
-                    now,
-                ),
+                (change.product_id, change.ref, change.origin, *state),
             )
             image_id = int(cursor.lastrowid or 0)
             if change.status == "ok" and change.content_hash:
@@ -288,16 +293,7 @@ class Collection:
         db.execute(
             "UPDATE images SET position = ?, content_hash = ?, file_size = ?, file_mtime_ns = ?, "
             "status = ?, error = ?, updated_at = ? WHERE image_id = ?",
-            (
-                change.position,
-                change.content_hash,
-                change.file_size,
-                change.file_mtime_ns,
-                change.status,
-                change.error,
-                now,
-                image_id,
-            ),
+            (*state, image_id),
         )
         if change.status == "ok" and change.content_hash:
             if old_status != "ok" or old_hash != change.content_hash:

@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from catalens.types import Product
 
 SCHEMA_VERSION = 1
+_IN_CHUNK = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -121,6 +122,13 @@ class Ledger:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
+    def _chunked_in(self, sql: str, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``sql`` for every one of ``values``, bound in chunks that stay under
+        sqlite's limit on parameters: ``sql`` has one ``IN ({marks})`` for them."""
+        for start in range(0, len(values), _IN_CHUNK):
+            chunk = values[start : start + _IN_CHUNK]
+            yield from self._query(sql.format(marks=",".join("?" * len(chunk))), chunk)
+
     # -- meta ----------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
@@ -165,16 +173,11 @@ class Ledger:
 
     def get_products(self, product_ids: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """id -> (title, metadata) for the ids that exist."""
-        ids = list(dict.fromkeys(product_ids))
-        found: dict[str, tuple[str, dict[str, Any]]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for pid, title, metadata in self._query(
-                f"SELECT id, title, metadata FROM products WHERE id IN ({marks})", chunk
-            ):
-                found[str(pid)] = (str(title), json.loads(metadata))
-        return found
+        rows = self._chunked_in(
+            "SELECT id, title, metadata FROM products WHERE id IN ({marks})",
+            list(dict.fromkeys(product_ids)),
+        )
+        return {str(pid): (str(title), json.loads(metadata)) for pid, title, metadata in rows}
 
     def iter_products(self, *, offset: int = 0, limit: int | None = None) -> list[Product]:
         rows = self._query(
@@ -218,16 +221,10 @@ class Ledger:
         return {(str(r[1]), str(r[2])): ImageRow(*r) for r in rows}
 
     def image_refs(self, image_ids: Iterable[int]) -> dict[int, str]:
-        ids = list(image_ids)
-        found: dict[int, str] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for image_id, ref in self._query(
-                f"SELECT image_id, ref FROM images WHERE image_id IN ({marks})", chunk
-            ):
-                found[int(image_id)] = str(ref)
-        return found
+        rows = self._chunked_in(
+            "SELECT image_id, ref FROM images WHERE image_id IN ({marks})", list(image_ids)
+        )
+        return {int(image_id): str(ref) for image_id, ref in rows}
 
     def failed_images(self) -> list[FailedImage]:
         return [
@@ -247,18 +244,10 @@ class Ledger:
     # -- vectors -------------------------------------------------------------------------
 
     def known_hashes(self, hashes: Iterable[str]) -> set[str]:
-        wanted = list(set(hashes))
-        known: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            known.update(
-                str(r[0])
-                for r in self._query(
-                    f"SELECT content_hash FROM vectors WHERE content_hash IN ({marks})", chunk
-                )
-            )
-        return known
+        rows = self._chunked_in(
+            "SELECT content_hash FROM vectors WHERE content_hash IN ({marks})", list(set(hashes))
+        )
+        return {str(r[0]) for r in rows}
 
     def save_vectors(self, hashes: Sequence[str], vectors: NDArray[np.float32]) -> None:
         with self.transaction() as db:
@@ -271,15 +260,11 @@ class Ledger:
             )
 
     def vectors_for(self, hashes: Sequence[str], dim: int) -> NDArray[np.float32]:
-        by_hash: dict[str, bytes] = {}
-        unique = list(set(hashes))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for h, blob in self._query(
-                f"SELECT content_hash, vector FROM vectors WHERE content_hash IN ({marks})", chunk
-            ):
-                by_hash[str(h)] = bytes(blob)
+        rows = self._chunked_in(
+            "SELECT content_hash, vector FROM vectors WHERE content_hash IN ({marks})",
+            list(set(hashes)),
+        )
+        by_hash = {str(h): bytes(blob) for h, blob in rows}
         matrix = np.zeros((len(hashes), dim), dtype=np.float32)
         for row, h in enumerate(hashes):
             matrix[row] = np.frombuffer(by_hash[h], dtype=np.float32)
@@ -287,15 +272,11 @@ class Ledger:
 
     def vectors_of_images(self, image_ids: Sequence[int], dim: int) -> NDArray[np.float32]:
         """The stored vectors of these images, in the order given."""
-        hashes: dict[int, str] = {}
         ids = list(image_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for image_id, digest in self._query(
-                f"SELECT image_id, content_hash FROM images WHERE image_id IN ({marks})", chunk
-            ):
-                hashes[int(image_id)] = str(digest)
+        rows = self._chunked_in(
+            "SELECT image_id, content_hash FROM images WHERE image_id IN ({marks})", ids
+        )
+        hashes = {int(image_id): str(digest) for image_id, digest in rows}
         return self.vectors_for([hashes[i] for i in ids], dim)
 
     def searchable(self) -> Iterator[tuple[list[int], list[str], list[str]]]:

@@ -23,22 +23,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 from catalens.errors import ConfigError
+from catalens.sample_photos import PHOTO_SIZE, shade, shopper_photo
 
 __all__ = ["SampleCatalog", "SampleProduct", "generate_sample_catalog"]
 
 CATALOG_SIZE = 320
-PHOTO_SIZE = 480
-
-# How hard the shopper photos are, tuned so that a generic ImageNet CNN (MobileNetV2) still
-# ranks the right catalog front first for about 80% of them.
-MAX_TURN = 20.0  # largest in-plane rotation, degrees
-MAX_CORNER_SHIFT = 0.1  # largest corner move of the perspective warp, fraction of pack size
-FILL = (0.7, 0.92)  # the pack's longer side, fraction of the photo side
-CLUTTER = (2, 6)  # how many random shapes the background has
-BACKGROUND_SATURATION = 0.5  # 1 keeps the background's random colours, 0 makes it grey
 
 RGB = tuple[int, int, int]
 Box = tuple[float, float, float, float]
@@ -148,10 +140,6 @@ def _ink(background: RGB) -> RGB:
     return _DARK if 0.299 * r + 0.587 * g + 0.114 * b > 150 else _WHITE
 
 
-def _shade(c: RGB, f: float) -> RGB:
-    return (min(255, int(c[0] * f)), min(255, int(c[1] * f)), min(255, int(c[2] * f)))
-
-
 def _least_used(options: list[T], counts: dict[T, int], rng: random.Random) -> T:
     low = min(counts.get(o, 0) for o in options)
     return rng.choice([o for o in options if counts.get(o, 0) == low])
@@ -217,13 +205,13 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def _body(draw: ImageDraw.ImageDraw, pack: _Pack, s: float) -> Box:
     """Draw the pack's silhouette on a canvas of side ``s``; return the label box."""
-    main, accent, dark = pack.main, pack.accent, _shade(pack.main, 0.7)
+    main, accent, dark = pack.main, pack.accent, shade(pack.main, 0.7)
     cx = s / 2
     if pack.shape == "box":
         x0, y0, x1, y1, d = 0.24 * s, 0.16 * s, 0.70 * s, 0.88 * s, 0.08 * s
         draw.polygon([(x1, y0), (x1 + d, y0 - d), (x1 + d, y1 - d), (x1, y1)], fill=dark)
         draw.polygon(
-            [(x0, y0), (x0 + d, y0 - d), (x1 + d, y0 - d), (x1, y0)], fill=_shade(main, 1.25)
+            [(x0, y0), (x0 + d, y0 - d), (x1 + d, y0 - d), (x1, y0)], fill=shade(main, 1.25)
         )
         draw.rectangle((x0, y0, x1, y1), fill=main)
         return (x0, y0, x1, y1)
@@ -242,7 +230,7 @@ def _body(draw: ImageDraw.ImageDraw, pack: _Pack, s: float) -> Box:
         draw.ellipse((x0, y1 - e, x1, y1 + e), fill=main)
         draw.ellipse((x0, y0 - e, x1, y0 + e), fill=(190, 190, 198), outline=(120, 120, 128))
         draw.rectangle(
-            (x0 + 0.05 * s, y0 + 0.03 * s, x0 + 0.08 * s, y1 - 0.03 * s), fill=_shade(main, 1.3)
+            (x0 + 0.05 * s, y0 + 0.03 * s, x0 + 0.08 * s, y1 - 0.03 * s), fill=shade(main, 1.3)
         )
         return (x0, y0 + 0.1 * s, x1, y1 - 0.08 * s)
     if pack.shape == "pouch":
@@ -261,7 +249,7 @@ def _body(draw: ImageDraw.ImageDraw, pack: _Pack, s: float) -> Box:
             (0.4 * s, 0.79 * s, 0.6 * s, 0.92 * s),
             radius=0.02 * s,
             fill=accent,
-            outline=_shade(accent, 0.6),
+            outline=shade(accent, 0.6),
         )
         return (0.3 * s, 0.2 * s, 0.7 * s, 0.74 * s)
     # jar
@@ -271,7 +259,7 @@ def _body(draw: ImageDraw.ImageDraw, pack: _Pack, s: float) -> Box:
         (x0 + 0.02 * s, 0.2 * s, x1 - 0.02 * s, y0 + 0.02 * s),
         radius=0.03 * s,
         fill=accent,
-        outline=_shade(accent, 0.6),
+        outline=shade(accent, 0.6),
     )
     return (x0 + 0.03 * s, y0 + 0.05 * s, x1 - 0.03 * s, y1 - 0.04 * s)
 
@@ -296,7 +284,7 @@ def _motif(draw: ImageDraw.ImageDraw, pack: _Pack, label: Box, top: float, s: fl
     elif pack.motif == "circle":
         r, cx, cy = 0.42 * min(w, h), x0 + 0.5 * w, y0 + 0.5 * h
         draw.circle((cx, cy), r, fill=accent)
-        draw.circle((cx, cy), 0.55 * r, fill=_shade(pack.main, 0.8))
+        draw.circle((cx, cy), 0.55 * r, fill=shade(pack.main, 0.8))
     elif pack.motif == "diamond":
         r, cx, cy = 0.45 * min(w, h), x0 + 0.5 * w, y0 + 0.5 * h
         draw.regular_polygon((cx, cy, r), 4, rotation=45, fill=accent)
@@ -342,7 +330,7 @@ def _pattern(img: Image.Image, pack: _Pack, label: Box, s: float) -> None:
         return
     layer = Image.new("RGB", img.size, pack.main)
     draw = ImageDraw.Draw(layer)
-    tone = _shade(pack.main, 0.8) if sum(pack.main) > 300 else _shade(pack.main, 1.35)
+    tone = shade(pack.main, 0.8) if sum(pack.main) > 300 else shade(pack.main, 1.35)
     step = 0.055 * s
     count = int(s / step) + 2
     for a in range(count):
@@ -403,109 +391,6 @@ def _side_view(pack_img: Image.Image, rng: random.Random) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------------------
-# Shopper photos
-
-
-def _perspective_coeffs(
-    dst: list[tuple[float, float]], src: list[tuple[float, float]]
-) -> tuple[float, ...]:
-    """Coefficients for ``Image.transform(PERSPECTIVE)`` mapping output ``dst`` to input ``src``."""
-    rows: list[list[float]] = []
-    for (x, y), (u, v) in zip(dst, src, strict=True):
-        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
-        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
-    rhs = np.array([c for pt in src for c in pt], dtype=np.float64)
-    return tuple(float(c) for c in np.linalg.solve(np.array(rows, dtype=np.float64), rhs))
-
-
-def _background(rng: random.Random) -> Image.Image:
-    """A cluttered scene: a gradient, a few blurred shapes, shelves (drawn at half size)."""
-    n = PHOTO_SIZE // 2
-    top = np.array([rng.randint(90, 230) for _ in range(3)], dtype=np.float32)
-    bottom = np.array([rng.randint(40, 200) for _ in range(3)], dtype=np.float32)
-    t = np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None, None]
-    arr = np.broadcast_to(top * (1 - t) + bottom * t, (n, n, 3))
-    img = Image.fromarray(arr.astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(img)
-    for _ in range(rng.randint(*CLUTTER)):
-        x, y = rng.randint(-20, n), rng.randint(-20, n)
-        w, h = rng.randint(15, 70), rng.randint(15, 80)
-        colour = (rng.randint(60, 220), rng.randint(60, 220), rng.randint(60, 220))
-        if rng.random() < 0.4:
-            draw.ellipse((x, y, x + w, y + h), fill=colour)
-        else:
-            draw.rectangle((x, y, x + w, y + h), fill=colour)
-    wood = (rng.randint(110, 170), rng.randint(80, 120), rng.randint(40, 80))
-    for _ in range(rng.randint(1, 2)):
-        y = rng.randint(n // 4, n - 15)
-        draw.rectangle((0, y, n, y + rng.randint(6, 12)), fill=wood)
-        draw.rectangle((0, y, n, y + 1), fill=_shade(wood, 1.3))
-    img = img.filter(ImageFilter.BoxBlur(rng.uniform(0.8, 1.5)))
-    if BACKGROUND_SATURATION < 1:
-        img = Image.blend(img.convert("L").convert("RGB"), img, BACKGROUND_SATURATION)
-    return img.resize((PHOTO_SIZE, PHOTO_SIZE), Image.Resampling.BILINEAR)
-
-
-def _warp(obj: Image.Image, rng: random.Random, longest: float) -> Image.Image:
-    """Blur a little, turn (``MAX_TURN``), move each corner (``MAX_CORNER_SHIFT``), scale.
-
-    One perspective transform does the geometry, so the pack is resampled only once; the
-    work is done on premultiplied alpha so that edges do not darken.
-    """
-    w, h, shift = obj.size[0], obj.size[1], MAX_CORNER_SHIFT
-    corners = [(0.0, 0.0), (float(w), 0.0), (float(w), float(h)), (0.0, float(h))]
-    angle = np.deg2rad(rng.uniform(-MAX_TURN, MAX_TURN))
-    cos, sin = float(np.cos(angle)), float(np.sin(angle))
-    quad = []
-    for x, y in corners:
-        dx, dy = (
-            x - w / 2 + rng.uniform(-1, 1) * shift * w,
-            y - h / 2 + rng.uniform(-1, 1) * shift * h,
-        )
-        quad.append((cos * dx - sin * dy, sin * dx + cos * dy))
-    lo_x, lo_y = min(x for x, _ in quad), min(y for _, y in quad)
-    scale = longest / max(max(x for x, _ in quad) - lo_x, max(y for _, y in quad) - lo_y)
-    quad = [((x - lo_x) * scale, (y - lo_y) * scale) for x, y in quad]
-    size = (int(max(x for x, _ in quad)) + 1, int(max(y for _, y in quad)) + 1)
-    coeffs = _perspective_coeffs(quad, corners)
-    blurred = obj.convert("RGBa").filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
-    warped = blurred.transform(size, Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR)
-    return warped.convert("RGBA")
-
-
-def _relight(scene: Image.Image, rng: random.Random) -> Image.Image:
-    """Change contrast, brightness and colour temperature with one lookup table."""
-    mean = float(np.asarray(scene.reduce(8).convert("L")).mean())
-    contrast, brightness = rng.uniform(0.8, 1.15), rng.uniform(0.75, 1.2)
-    warm = rng.uniform(-0.12, 0.12)
-    lut = [
-        min(255, max(0, round(((v - mean) * contrast + mean) * brightness * gain)))
-        for gain in (1 + warm, 1.0, 1 - warm)
-        for v in range(256)
-    ]
-    return scene.point(lut)
-
-
-def _shopper_photo(front: Image.Image, rng: random.Random, noise: np.ndarray) -> Image.Image:
-    """The pack (RGBA, transparent around it) photographed on a shelf: see the module doc.
-
-    ``noise`` is an int16 sensor-noise tile larger than the photo; a random window is used.
-    """
-    n = PHOTO_SIZE
-    obj = _warp(front.crop(front.getbbox()), rng, rng.uniform(*FILL) * n)
-    scene = _background(rng)
-    x = min(max((n - obj.width) // 2 + rng.randint(-40, 40), 0), n - obj.width)
-    y = min(max((n - obj.height) // 2 + rng.randint(-30, 30), 0), n - obj.height)
-    soft = obj.getchannel("A").point(lambda v: v * 2 // 5).filter(ImageFilter.BoxBlur(5))
-    scene.paste((20, 20, 20), (x + 8, y + 6, x + 8 + obj.width, y + 6 + obj.height), soft)
-    scene.paste(obj, (x, y), obj)
-    scene = _relight(scene, rng)
-    ox, oy = rng.randrange(noise.shape[1] - n + 1), rng.randrange(noise.shape[0] - n + 1)
-    arr = np.asarray(scene, dtype=np.int16) + noise[oy : oy + n, ox : ox + n]
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-
-
-# ---------------------------------------------------------------------------------------
 
 
 def generate_sample_catalog(
@@ -543,7 +428,7 @@ def generate_sample_catalog(
             img.save(root / rel, format="PNG")
         rel_photos = [f"queries/{pid}_q{q}.jpg" for q in range(1, shopper_photos_per_product + 1)]
         for rel in rel_photos:
-            _shopper_photo(front, rng, noise).save(root / rel, format="JPEG", quality=85)
+            shopper_photo(front, rng, noise).save(root / rel, format="JPEG", quality=85)
             query_rows.append([rel, pid])
         price = f"{rng.randrange(20, 900) + rng.choice((0.0, 0.5, 0.99)):.2f}"
         images, photos = tuple(root / r for r in rel_images), tuple(root / r for r in rel_photos)

@@ -78,8 +78,10 @@ def store_factory(settings: Settings) -> Callable[[CollectionConfig, Path], Vect
                 f"unknown store {config.store!r} for collection {config.name!r}: use faiss,"
                 " a postgresql:// DSN, or postgres-local"
             )
-        from catalens.stores.pgvector_store import PgVectorStore
-
+        try:
+            from catalens.stores.pgvector_store import PgVectorStore
+        except ImportError as exc:  # the message carries the install hint
+            raise ConfigError(str(exc)) from exc
         return PgVectorStore(
             dsn,
             config.name,
@@ -110,7 +112,7 @@ class CollectionSummary:
     products: int
     images: int
     failed_images: int
-    last_sync: Mapping[str, Any] | None
+    last_sync: Mapping[str, Any] | None = None
 
 
 class CatalensService:
@@ -238,10 +240,17 @@ class CatalensService:
             return created
 
     def delete_collection(self, name: str) -> None:
+        try:
+            collection: Collection | None = self.collection(name)
+        except CollectionNotFoundError:
+            raise
+        except CatalensError:
+            collection = None  # a store that cannot open is deleted with its folder
         with self._lock:
-            collection = self._collections.pop(name, None)
+            self._collections.pop(name, None)
             if collection is not None:
                 with collection.lock.write():
+                    collection.store.drop()
                     collection.close()
             remove_collection_dir(self._dir(name))
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import psycopg
 import pytest
 from numpy.typing import NDArray
 
@@ -109,6 +110,10 @@ def pg_dsn() -> Iterator[str]:
         dsn = local_dsn(root / "data")
     except (ImportError, StoreError) as exc:
         pytest.skip(f"PostgreSQL with pgvector could not start through pgserver: {exc}")
+    with psycopg.connect(dsn, autocommit=True) as conn:  # a throwaway server: no durability
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            conn.execute(f"ALTER SYSTEM SET {setting} = off")
+        conn.execute("SELECT pg_reload_conf()")
     _PG["dsn"] = dsn
     yield dsn
     stop_local(root / "data")

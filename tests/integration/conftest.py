@@ -3,8 +3,8 @@
 ``start_server(settings)`` starts ``create_app(settings)`` under uvicorn in a thread and waits
 until ``/ready`` answers 200; ``image_server`` is a second real HTTP server that plays an
 image host (its ``/redirect`` answers 302 to wherever ``?to=`` says) and seed 000's NestJS
-backend (``GET /medicines``). Test modules share one
-server each (module-scoped fixtures) to keep the suite fast.
+backend (``GET /medicines``). Test modules share one server each (a module-scoped ``server``
+fixture, usually from ``serve_sample``; ``client`` talks to it) to keep the suite fast.
 """
 
 from __future__ import annotations
@@ -114,14 +114,34 @@ def make_settings(mobilenet_dir: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture(scope="session")
-def ingest() -> Callable[..., None]:
-    """``ingest(settings, catalog, name="demo")``: index a sample catalog before serving."""
-    return ingest_sample
+def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleCatalog:
+    return generate_sample_catalog(tmp_path_factory.mktemp("api-sample"), products=8)
 
 
 @pytest.fixture(scope="session")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleCatalog:
-    return generate_sample_catalog(tmp_path_factory.mktemp("api-sample"), products=8)
+def serve_sample(
+    tmp_path_factory: pytest.TempPathFactory,
+    make_settings: Callable[..., Settings],
+    sample: SampleCatalog,
+) -> Callable[..., AbstractContextManager[Server]]:
+    """``with serve_sample(label, collection="demo", **overrides) as server:`` indexes the
+    sample catalog into a fresh home (a temporary folder named after ``label``) and serves it."""
+
+    @contextmanager
+    def run(label: str, *, collection: str = "demo", **overrides: object) -> Iterator[Server]:
+        settings = make_settings(tmp_path_factory.mktemp(label), **overrides)
+        ingest_sample(settings, sample, collection)
+        with serve(settings) as running:
+            yield running
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    """A client of the module's ``server`` fixture."""
+    with server.client() as c:
+        yield c
 
 
 class _ImageHandler(BaseHTTPRequestHandler):

@@ -16,18 +16,12 @@ THRESHOLD = 0.3
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, make_settings, start_server, ingest, sample) -> Iterator[Any]:
+def server(serve_sample) -> Iterator[Any]:
     # The seeds' SIMILARITY_THRESHOLD and MAX_RESULTS map onto threshold and top_k.
-    settings = make_settings(tmp_path_factory.mktemp("api-compat"), threshold=THRESHOLD, top_k=5)
-    ingest(settings, sample, "medicines")
-    with start_server(settings) as running:
+    with serve_sample(
+        "api-compat", collection="medicines", threshold=THRESHOLD, top_k=5
+    ) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: Any) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
 
 
 def _photo(sample: SampleCatalog, index: int) -> bytes:

@@ -23,24 +23,14 @@ BIG = 50 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(
-    tmp_path_factory, make_settings, start_server, ingest, sample, image_server
-) -> Iterator[Any]:
-    settings = make_settings(
-        tmp_path_factory.mktemp("api-hostile"),
+def server(serve_sample, image_server) -> Iterator[Any]:
+    with serve_sample(
+        "api-hostile",
         max_upload_bytes=MAX_UPLOAD,
         url_allowlist=(f"127.0.0.1:{image_server.port}",),
         url_fetch_timeout=5.0,
-    )
-    ingest(settings, sample)
-    with start_server(settings) as running:
+    ) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: Any) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
 
 
 def _refused(response: httpx.Response, status: int, code: str) -> str:

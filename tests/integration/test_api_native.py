@@ -15,22 +15,10 @@ from catalens.sample import SampleCatalog
 
 
 @pytest.fixture(scope="module")
-def server(
-    tmp_path_factory, make_settings, start_server, ingest, sample, image_server
-) -> Iterator[Any]:
-    settings = make_settings(
-        tmp_path_factory.mktemp("api-native"),
-        url_allowlist=(f"127.0.0.1:{image_server.port}",),
-    )
-    ingest(settings, sample)
-    with start_server(settings) as running:
+def server(serve_sample, image_server) -> Iterator[Any]:
+    allowlist = (f"127.0.0.1:{image_server.port}",)
+    with serve_sample("api-native", url_allowlist=allowlist) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: Any) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
 
 
 def _photo(sample: SampleCatalog, index: int) -> bytes:

@@ -16,17 +16,9 @@ KEYS = ("first-key", "second-key")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, make_settings, start_server, ingest, sample) -> Iterator[Any]:
-    settings = make_settings(tmp_path_factory.mktemp("api-keys"), api_keys=KEYS)
-    ingest(settings, sample)
-    with start_server(settings) as running:
+def server(serve_sample) -> Iterator[Any]:
+    with serve_sample("api-keys", api_keys=KEYS) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: Any) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
 
 
 def _code(response: httpx.Response) -> tuple[int, str]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -48,15 +48,9 @@ def _write_csv(path: Path, rows: list[tuple[str, str, list[str]]]) -> Path:
 
 
 @pytest.fixture
-def service(tmp_path: Path, mobilenet_dir: Path) -> Iterator[CatalensService]:
+def service(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterator[CatalensService]:
     # Plain single-view cosine, so an image searched for itself scores exactly 1.
-    settings = Settings(
-        home=tmp_path / "home",
-        model=str(mobilenet_dir),
-        batch_size=4,
-        query_zooms=(1.0,),
-        centering=False,
-    )
+    settings = make_settings(tmp_path / "home", batch_size=4)
     svc = build_service(settings)
     yield svc
     svc.close()
@@ -320,3 +314,14 @@ def test_store_behind_the_ledger_is_rebuilt_on_open(
     hits = second.search("shop", image=tmp_path / "img" / "p3-front.png", top_k=10)
     assert "p3" not in {h.product_id for h in hits}
     second.close()
+
+
+def test_unknown_store_leaves_no_half_made_collection(
+    service: CatalensService, catalog: Path
+) -> None:
+    from catalens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="store"):
+        service.ingest("shop", _source(catalog), store="mongodb://nope")
+    assert service.collection_names() == []
+    assert not (service.settings.collections_dir / "shop").exists()

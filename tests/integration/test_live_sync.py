@@ -16,7 +16,8 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,7 +26,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image, ImageDraw
 
 from catalens.sample import SampleCatalog, generate_sample_catalog
@@ -137,41 +137,6 @@ class Backend:
         return Handler
 
 
-@dataclass(frozen=True)
-class Catalens:
-    url: str
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
-
-
-@contextlib.contextmanager
-def serve_catalens(settings: Settings) -> Iterator[Catalens]:
-    from catalens.api.app import create_app
-
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", ws="none"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-live-sync", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    handle = Catalens(f"http://127.0.0.1:{port}")
-    try:
-        with handle.client() as client:
-            while client.get("/ready").status_code != 200:
-                assert time.monotonic() < deadline, "catalens never became ready"
-                time.sleep(0.05)
-        yield handle
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def poster(colour: tuple[int, int, int]) -> bytes:
     """An image unlike any sample pack: concentric rings."""
     image = Image.new("RGB", (320, 320), "white")
@@ -230,21 +195,18 @@ def front(sample: SampleCatalog, n: int) -> bytes:
 
 
 def test_live_sync_with_a_shop_backend(
-    sample: SampleCatalog, backend: Backend, tmp_path: Path, mobilenet_dir: Path
+    sample: SampleCatalog,
+    backend: Backend,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    start_server: Callable[..., AbstractContextManager[Any]],
 ) -> None:
     started = time.monotonic()
     titles = {n: sample.products[n - 1].title for n in range(1, 9)}
     for n in range(1, 7):
         backend.put(f"p{n}", f"v1 {titles[n]}", front(sample, n))
-    settings = Settings(
-        home=tmp_path / "home",
-        model=str(mobilenet_dir),
-        batch_size=8,
-        query_zooms=(1.0,),
-        centering=False,
-        default_collection=COLLECTION,
-    )
-    with serve_catalens(settings) as app, app.client() as client:
+    settings = make_settings(tmp_path / "home", default_collection=COLLECTION)
+    with start_server(settings) as app, app.client() as client:
         # 1. Create the collection from the backend URL; its first sync starts at once.
         source = {
             "location": f"{backend.url}/medicines",
@@ -334,7 +296,7 @@ class Outcome:
 
 
 def concurrent_searches(
-    app: Catalens, client: httpx.Client, query: bytes, before: set[str], after: set[str]
+    app: Any, client: httpx.Client, query: bytes, before: set[str], after: set[str]
 ) -> Outcome:
     running = threading.Event()
     stop = threading.Event()

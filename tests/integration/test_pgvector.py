@@ -45,6 +45,10 @@ def pg_dsn() -> Iterator[str]:
         dsn = local_dsn(root / "data")
     except (ImportError, StoreError) as exc:
         pytest.skip(f"PostgreSQL with pgvector could not start through pgserver: {exc}")
+    with psycopg.connect(dsn, autocommit=True) as conn:  # a throwaway server: no durability
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            conn.execute(f"ALTER SYSTEM SET {setting} = off")
+        conn.execute("SELECT pg_reload_conf()")
     yield dsn
     stop_local(root / "data")
     shutil.rmtree(root, ignore_errors=True)
@@ -261,6 +265,42 @@ def test_model_identity_is_checked_on_open(pg_dsn: str, opened: list[PgVectorSto
         open_store(pg_dsn, "identity", 8, opened, index="hnsw")
     with pytest.raises(ConfigError):
         open_store(pg_dsn, "identity", 8, opened, index="ivf")  # type: ignore[arg-type]
+
+
+def test_migrations_bring_an_old_schema_up_to_date(
+    pg_dsn: str, opened: list[PgVectorStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from catalens.stores import pg_schema
+
+    latest = pg_schema.MIGRATIONS
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", latest[:1])
+    old = open_store(pg_dsn, "migrated", 600, opened, index="flat")
+    old.upsert([1, 2], ["a", "b"], np.eye(2, 600, dtype=np.float32))
+    old.flush(tag="1")
+    old.close()
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", latest)
+    store = open_store(pg_dsn, "migrated", 600, opened, index="flat")
+    assert store.generation() == "1" and len(store) == 2
+    with _admin(pg_dsn) as conn:
+        versions = conn.execute(
+            sql.SQL("SELECT version FROM {} ORDER BY version").format(
+                store.names.table("schema_version")
+            )
+        ).fetchall()
+        assert [v for (v,) in versions] == list(range(1, len(latest) + 1))
+        storage = conn.execute(
+            "SELECT attstorage FROM pg_attribute WHERE attrelid = %s::regclass"
+            " AND attname = 'embedding'",
+            (f"{store.names.schema}.images",),
+        ).fetchone()
+        assert storage == ("p",)  # v3: 600-d vectors stay inline, not TOASTed
+        conn.execute(
+            sql.SQL("INSERT INTO {} (version) VALUES (99)").format(
+                store.names.table("schema_version")
+            )
+        )
+    with pytest.raises(StoreError, match="upgrade catalens"):
+        open_store(pg_dsn, "migrated", 600, opened, index="flat")
 
 
 def _admin(dsn: str) -> psycopg.Connection[Any]:
@@ -483,7 +523,7 @@ def test_service_store_from_dsn_rebuilds_a_lagging_store_on_start(
     service = _service(tmp_path / "home", mobilenet_dir, pg_dsn)
     try:
         collection = service.collection("shop")
-        assert collection.store.generation() == str(collection.ledger.generation)  # type: ignore[attr-defined]
+        assert collection.store.generation() == str(collection.ledger.generation)
         with _admin(pg_dsn) as conn:
             count = conn.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(names.table("images"))

@@ -7,7 +7,7 @@ import io
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -391,21 +391,27 @@ def test_fetch_many_keeps_input_order_and_yields_errors(
     assert all(isinstance(result, FetchedImage | CatalensError) for _, result in results)
 
 
+class CountingRefs:
+    """The given refs, handed out lazily; ``pulled`` counts how many were taken."""
+
+    def __init__(self, refs: Iterable[str]) -> None:
+        self.pulled = 0
+        self._refs = refs
+
+    def __iter__(self) -> Iterator[str]:
+        for ref in self._refs:
+            self.pulled += 1
+            yield ref
+
+
 def test_fetch_many_bounds_look_ahead(
     server: ImageServer, make_fetcher: Callable[..., ImageFetcher]
 ) -> None:
-    pulled = 0
-
-    def refs() -> Iterator[str]:
-        nonlocal pulled
-        for n in range(12):
-            pulled += 1
-            yield server.url(f"/delay/{30 + n}")
-
-    results = make_fetcher(workers=8).fetch_many(refs(), lookahead=3)
+    refs = CountingRefs(server.url(f"/delay/{30 + n}") for n in range(12))
+    results = make_fetcher(workers=8).fetch_many(refs, lookahead=3)
     first = next(results)
     assert isinstance(first[1], FetchedImage)
-    assert pulled == 3  # not the whole input
+    assert refs.pulled == 3  # not the whole input
     rest = list(results)
     assert len(rest) == 11
     assert 1 < server.max_in_flight <= 3
@@ -414,17 +420,10 @@ def test_fetch_many_bounds_look_ahead(
 def test_fetch_many_default_look_ahead_is_four_per_worker(
     server: ImageServer, make_fetcher: Callable[..., ImageFetcher]
 ) -> None:
-    pulled = 0
-
-    def refs() -> Iterator[str]:
-        nonlocal pulled
-        for _ in range(100):
-            pulled += 1
-            yield server.url("/img.png")
-
-    results = make_fetcher(workers=2).fetch_many(refs())
+    refs = CountingRefs(server.url("/img.png") for _ in range(100))
+    results = make_fetcher(workers=2).fetch_many(refs)
     next(results)
-    assert pulled == 8
+    assert refs.pulled == 8
     results.close()  # stopping early is clean: no error, nothing left running
 
 

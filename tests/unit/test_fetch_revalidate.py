@@ -105,6 +105,13 @@ def server() -> Iterator[Server]:
 
 
 @pytest.fixture
+def red(server: Server) -> tuple[Resource, str]:
+    """``/a.png`` serving RED: the resource and its URL."""
+    res = server.resources["/a.png"] = Resource(RED)
+    return res, server.url("/a.png")
+
+
+@pytest.fixture
 def make_fetcher(tmp_path: Path) -> Iterator[Callable[[], ImageFetcher]]:
     made: list[ImageFetcher] = []
 
@@ -118,10 +125,9 @@ def make_fetcher(tmp_path: Path) -> Iterator[Callable[[], ImageFetcher]]:
 
 
 def test_etag_304_keeps_the_cache_and_200_replaces_it(
-    server: Server, make_fetcher: Callable[[], ImageFetcher]
+    red: tuple[Resource, str], make_fetcher: Callable[[], ImageFetcher]
 ) -> None:
-    res = server.resources["/a.png"] = Resource(RED)
-    url = server.url("/a.png")
+    res, url = red
     fetcher = make_fetcher()
     assert not fetcher.fetch(url).cached
     assert fetcher.fetch(url).cached  # plain fetch: the cache is trusted, no request
@@ -162,10 +168,9 @@ def test_last_modified_and_no_validators(
 
 
 def test_callers_waiting_on_one_url_share_one_check(
-    server: Server, make_fetcher: Callable[[], ImageFetcher]
+    server: Server, red: tuple[Resource, str], make_fetcher: Callable[[], ImageFetcher]
 ) -> None:
-    res = server.resources["/a.png"] = Resource(RED)
-    url = server.url("/a.png")
+    res, url = red
     fetcher = make_fetcher()
     fetcher.fetch(url)
     server.gate.clear()  # hold the first check until every caller is queued behind it
@@ -178,10 +183,9 @@ def test_callers_waiting_on_one_url_share_one_check(
 
 
 def test_revalidation_failures_raise_and_keep_the_cache(
-    server: Server, make_fetcher: Callable[[], ImageFetcher]
+    red: tuple[Resource, str], make_fetcher: Callable[[], ImageFetcher]
 ) -> None:
-    res = server.resources["/a.png"] = Resource(RED)
-    url = server.url("/a.png")
+    res, url = red
     fetcher = make_fetcher()
     fetcher.fetch(url)
     res.status = 404
@@ -199,10 +203,9 @@ def test_unsolicited_304_is_an_error(
 
 
 def test_an_old_index_is_migrated(
-    server: Server, make_fetcher: Callable[[], ImageFetcher], tmp_path: Path
+    red: tuple[Resource, str], make_fetcher: Callable[[], ImageFetcher], tmp_path: Path
 ) -> None:
-    res = server.resources["/a.png"] = Resource(RED)
-    url = server.url("/a.png")
+    res, url = red
     digest = content_hash(RED)
     cache = tmp_path / "cache"
     (cache / "blobs" / digest[:2]).mkdir(parents=True)

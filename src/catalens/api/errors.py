@@ -49,34 +49,31 @@ def error_response(
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
+# The first row that matches wins (a subclass before its base); a phrase narrows a row to
+# the errors whose message contains it.
+_ERROR_CODES: tuple[tuple[type[CatalensError], str, int, str], ...] = (
+    (CollectionNotFoundError, "", 404, "collection_not_found"),
+    (ProductNotFoundError, "", 404, "product_not_found"),
+    (ImageTooLargeError, "", 413, "image_too_large"),
+    (ImageError, "", 422, "invalid_image"),
+    (BlockedURLError, "", 400, "blocked_url"),
+    (FetchError, "", 422, "fetch_failed"),
+    (ModelMismatchError, "", 409, "model_mismatch"),
+    (ModelError, "text tower", 422, "no_text_tower"),
+    (ModelError, "", 503, "model_unavailable"),
+    (ConfigError, "already exists", 409, "conflict"),
+    (ConfigError, "", 422, "invalid_request"),
+    (CatalogError, "", 422, "catalog_error"),
+    (StoreError, "", 503, "store_unavailable"),
+)
+
+
 def classify(exc: CatalensError) -> tuple[int, str]:
     """The HTTP status and short error code of a library error."""
-    if isinstance(exc, CollectionNotFoundError):
-        return 404, "collection_not_found"
-    if isinstance(exc, ProductNotFoundError):
-        return 404, "product_not_found"
-    if isinstance(exc, ImageTooLargeError):
-        return 413, "image_too_large"
-    if isinstance(exc, ImageError):
-        return 422, "invalid_image"
-    if isinstance(exc, BlockedURLError):
-        return 400, "blocked_url"
-    if isinstance(exc, FetchError):
-        return 422, "fetch_failed"
-    if isinstance(exc, ModelMismatchError):
-        return 409, "model_mismatch"
-    if isinstance(exc, ModelError):
-        if "text tower" in str(exc):
-            return 422, "no_text_tower"
-        return 503, "model_unavailable"
-    if isinstance(exc, ConfigError):
-        if "already exists" in str(exc):
-            return 409, "conflict"
-        return 422, "invalid_request"
-    if isinstance(exc, CatalogError):
-        return 422, "catalog_error"
-    if isinstance(exc, StoreError):
-        return 503, "store_unavailable"
+    message = str(exc)
+    for kind, phrase, status, code in _ERROR_CODES:
+        if isinstance(exc, kind) and phrase in message:
+            return status, code
     return 500, "internal_error"
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Request, Response
@@ -25,7 +24,6 @@ from catalens.api.schemas import (
     CollectionHealth,
     CollectionInfoOut,
     CollectionList,
-    CollectionSummaryOut,
     Deleted,
     EmbedRequest,
     EmbedResponse,
@@ -183,7 +181,7 @@ def _info(state: AppState, name: str, job: JobOut | None = None) -> CollectionIn
 def list_collections(state: StateDep) -> CollectionList:
     """Every collection with its model, index, counts and last sync."""
     summaries = state.service.summaries()
-    return CollectionList(collections=[CollectionSummaryOut(**asdict(s)) for s in summaries])
+    return CollectionList(collections=summaries)
 
 
 @router.get("/collections/{name}", dependencies=READ)

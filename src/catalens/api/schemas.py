@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from catalens.collection import SourceConfig
+from catalens.service import CollectionSummary
 from catalens.types import Product
 
 # -- collections -------------------------------------------------------------------------
@@ -41,20 +43,8 @@ class CollectionCreate(BaseModel):
     """With a source: start a sync job at once (see ``job`` in the response)."""
 
 
-class CollectionSummaryOut(BaseModel):
-    name: str
-    model: str
-    dim: int
-    index: str
-    store: str
-    products: int
-    images: int
-    failed_images: int
-    last_sync: dict[str, Any] | None = None
-
-
 class CollectionList(BaseModel):
-    collections: list[CollectionSummaryOut]
+    collections: list[CollectionSummary]
 
 
 class FailedImageOut(BaseModel):
@@ -85,7 +75,8 @@ class JobList(BaseModel):
     jobs: list[JobOut]
 
 
-class CollectionInfoOut(CollectionSummaryOut):
+@dataclass(frozen=True, kw_only=True)
+class CollectionInfoOut(CollectionSummary):
     model_spec: str
     revision: str
     metric: str

@@ -53,26 +53,20 @@ def _no_options(kind: str, source: str | Path, options: Options) -> None:
         )
 
 
-def _open_csv(
-    source: str | Path,
-    mapping: ColumnMapping | None,
-    max_images: int,
-    where: Where,
-    options: Options,
-) -> CsvSource:
-    _no_options("CSV", source, options)
-    return CsvSource(source, mapping=mapping, max_images_per_product=max_images, where=where)
+def _file_opener(kind: str, source_class: type[CsvSource | JsonlSource]) -> Opener:
+    """An opener for a catalog file of ``kind`` that takes a mapping and a row filter."""
 
+    def open_file(
+        source: str | Path,
+        mapping: ColumnMapping | None,
+        max_images: int,
+        where: Where,
+        options: Options,
+    ) -> CatalogSource:
+        _no_options(kind, source, options)
+        return source_class(source, mapping=mapping, max_images_per_product=max_images, where=where)
 
-def _open_jsonl(
-    source: str | Path,
-    mapping: ColumnMapping | None,
-    max_images: int,
-    where: Where,
-    options: Options,
-) -> JsonlSource:
-    _no_options("JSON Lines", source, options)
-    return JsonlSource(source, mapping=mapping, max_images_per_product=max_images, where=where)
+    return open_file
 
 
 def _open_folder(
@@ -107,9 +101,9 @@ def _open_rest(
 
 
 OPENERS: dict[str, Opener] = {
-    "csv": _open_csv,
+    "csv": _file_opener("CSV", CsvSource),
     "folder": _open_folder,
-    "jsonl": _open_jsonl,
+    "jsonl": _file_opener("JSON Lines", JsonlSource),
     "rest": _open_rest,
 }
 

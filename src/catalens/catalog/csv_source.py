@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from catalens.catalog.images import ImageFieldError, merge_refs, parse_image_field, resolve_ref
+from catalens.catalog.images import parse_image_field
 from catalens.catalog.mapping import (
     ID_NAMES,
     TITLE_NAMES,
@@ -26,8 +26,9 @@ from catalens.catalog.mapping import (
     normalize_name,
     row_matches,
 )
+from catalens.catalog.records import Outcome, count_outcome, local_images
 from catalens.errors import CatalogError
-from catalens.types import Product, RejectedRow, ValidationReport
+from catalens.types import Product, ValidationReport
 
 SHOPIFY_ID = "shopify_product_id"
 """The id column of seed 001's format (with ``title``, ``images``, ``preview_image``)."""
@@ -117,16 +118,11 @@ class CsvSource:
                 if self._skip(row):
                     report.skipped += 1
                     continue
-                product, problem, repairs = self._product(row, seen)
-                if product is None:
-                    report.rejected.append(RejectedRow(row.start, problem))
-                    continue
-                seen.add(product.id, f"on line {row.start}")
-                report.products += 1
-                report.images += len(product.images)
-                if repairs:
-                    report.repaired.append(RejectedRow(row.start, "; ".join(repairs)))
-                yield product
+                outcome = self._product(row, seen)
+                where = f"on line {row.start}"
+                product = count_outcome(report, seen, row.start, where, outcome)
+                if product is not None:
+                    yield product
 
     def _skip(self, row: _Row) -> bool:
         """Left out by the ``where`` filter (a malformed row is never skipped: it is reported)."""
@@ -135,7 +131,7 @@ class CsvSource:
         values = dict(zip(self._header, row.fields[: len(self._header)], strict=True))
         return not row_matches(values, self._where)
 
-    def _product(self, row: _Row, seen: SeenIds) -> tuple[Product | None, str, list[str]]:
+    def _product(self, row: _Row, seen: SeenIds) -> Outcome:
         """The row's product, or None and why not; plus the repairs it took."""
         if row.fields is None:
             return None, row.error, []
@@ -157,16 +153,17 @@ class CsvSource:
         product_id = values[layout.mapping.id].strip()
         if not product_id:
             return None, f"empty product id (column {layout.mapping.id!r})", []
-        groups: list[tuple[str, ...]] = []
-        for column in layout.mapping.images:
-            try:
-                parsed = parse_image_field(values[column], expect_json=column in layout.json_images)
-            except ImageFieldError as exc:
-                return None, f"{column}: {exc}", []
-            if parsed.repairs:
-                repairs.append(f"{column}: {', '.join(parsed.repairs)}")
-            groups.append(tuple(resolve_ref(ref, self._base) for ref in parsed.refs))
-        images = merge_refs(groups, limit=self._max_images)
+        images = local_images(
+            layout.mapping.images,
+            lambda column: parse_image_field(
+                values[column], expect_json=column in layout.json_images
+            ),
+            base=self._base,
+            limit=self._max_images,
+            repairs=repairs,
+        )
+        if isinstance(images, str):
+            return None, images, []
         if not images:
             columns = ", ".join(repr(c) for c in layout.mapping.images)
             return None, f"no images (column {columns} empty)", []

@@ -15,25 +15,29 @@ from typing import Any
 from catalens.catalog.images import (
     ImageFieldError,
     ParsedImages,
-    merge_refs,
     parse_image_field,
     parse_image_list,
-    resolve_ref,
 )
 from catalens.catalog.mapping import (
     ID_NAMES,
-    TITLE_NAMES,
     ColumnMapping,
     SeenIds,
     check_max_images,
-    find_name,
-    first_known,
     image_names,
     row_matches,
+)
+from catalens.catalog.records import (
+    Outcome,
+    count_outcome,
+    local_images,
+    no_images_reason,
+    present_names,
+    record_fields,
 )
 from catalens.errors import CatalogError
 from catalens.types import Product, RejectedRow, ValidationReport
 
+_ID_HINT = " or ".join(ID_NAMES[:3])
 _Record = tuple[int, object]
 """A line number and the decoded value (an ``_Invalid`` when the line is not JSON)."""
 
@@ -85,64 +89,44 @@ class JsonlSource:
             if isinstance(value, dict) and not row_matches(value, self._where):
                 report.skipped += 1
                 continue
-            product, problem, repairs = self._product(value, seen)
-            if product is None:
-                report.rejected.append(RejectedRow(line, problem))
-                continue
-            seen.add(product.id, f"on line {line}")
-            report.products += 1
-            report.images += len(product.images)
-            if repairs:
-                report.repaired.append(RejectedRow(line, "; ".join(repairs)))
-            yield product
+            outcome = self._product(value, seen)
+            product = count_outcome(report, seen, line, f"on line {line}", outcome)
+            if product is not None:
+                yield product
 
-    def _product(self, value: object, seen: SeenIds) -> tuple[Product | None, str, list[str]]:
+    def _product(self, value: object, seen: SeenIds) -> Outcome:
         if not isinstance(value, dict):
             return None, f"expected a JSON object, found {type(value).__name__}", []
         record: dict[str, Any] = value
-        keys = list(record)
         mapping = self._mapping
-        id_key = find_name(keys, mapping.id) if mapping else first_known(keys, ID_NAMES)
-        if id_key is None:
-            wanted = repr(mapping.id) if mapping else " or ".join(ID_NAMES[:3])
-            return None, f"no product id field ({wanted})", []
-        raw_id = record[id_key]
-        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
-            return None, f"product id {id_key!r} must be a string or an integer", []
-        product_id = str(raw_id).strip()
-        if not product_id:
-            return None, f"empty product id ({id_key!r})", []
-        title_key = (
-            find_name(keys, mapping.title)
-            if mapping and mapping.title
-            else first_known(keys, TITLE_NAMES)
-        )
-        image_keys = _image_keys(keys, mapping, id_key)
+        fields = record_fields(record, mapping, id_names=ID_NAMES, id_hint=_ID_HINT)
+        if isinstance(fields, str):
+            return None, fields, []
+        image_keys = _image_keys(list(record), mapping, fields.id_key)
         repairs: list[str] = []
-        groups: list[tuple[str, ...]] = []
-        for key in image_keys:
-            try:
-                parsed = _parse_images(record[key])
-            except ImageFieldError as exc:
-                return None, f"{key}: {exc}", []
-            if parsed.repairs:
-                repairs.append(f"{key}: {', '.join(parsed.repairs)}")
-            groups.append(tuple(resolve_ref(ref, self._base) for ref in parsed.refs))
-        images = merge_refs(groups, limit=self._max_images)
+        images = local_images(
+            image_keys,
+            lambda key: _parse_images(record[key]),
+            base=self._base,
+            limit=self._max_images,
+            repairs=repairs,
+        )
+        if isinstance(images, str):
+            return None, images, []
         if not images:
             named = mapping.images if mapping and mapping.images else image_keys
-            if not named:
-                return None, "no images (no image field)", []
-            return None, f"no images ({', '.join(map(repr, named))} missing or empty)", []
-        duplicate = seen.duplicate(product_id)
+            return None, no_images_reason(named), []
+        duplicate = seen.duplicate(fields.product_id)
         if duplicate:
             return None, duplicate, []
+        title_key = fields.title_key
         title_value = record.get(title_key) if title_key else None
         if title_value is not None and not isinstance(title_value, str | int | float):
             return None, f"title {title_key!r} must be a string", []
         title = str(title_value).strip() if title_value is not None else ""
-        used = {id_key, title_key, *image_keys}
+        used = {fields.id_key, title_key, *image_keys}
         metadata = {k: v for k, v in record.items() if k not in used}
+        product_id = fields.product_id
         return Product(product_id, title or product_id, images, metadata), "", repairs
 
     def _records(self) -> Iterator[_Record]:
@@ -191,8 +175,7 @@ class JsonlSource:
 
 def _image_keys(keys: Sequence[str], mapping: ColumnMapping | None, id_key: str) -> list[str]:
     if mapping and mapping.images:
-        found = (find_name(keys, k) for k in mapping.images)
-        return [k for k in found if k is not None]
+        return present_names(keys, mapping.images)
     return list(image_names(keys, exclude=[id_key]))
 
 

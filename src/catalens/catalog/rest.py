@@ -20,18 +20,22 @@ from catalens.catalog.images import merge_refs
 from catalens.catalog.mapping import (
     ID_NAMES,
     IMAGE_NAMES,
-    TITLE_NAMES,
     ColumnMapping,
     SeenIds,
     check_max_images,
-    find_name,
-    first_known,
     normalize_name,
     row_matches,
 )
+from catalens.catalog.records import (
+    Outcome,
+    count_outcome,
+    no_images_reason,
+    present_names,
+    record_fields,
+)
 from catalens.catalog.rest_paging import PAGINATIONS, Pager, PagingOptions
 from catalens.errors import CatalogError
-from catalens.types import Product, RejectedRow, ValidationReport
+from catalens.types import Product, ValidationReport
 
 __all__ = ["RestSource"]
 
@@ -171,16 +175,10 @@ class RestSource:
             if isinstance(item, dict) and not row_matches(item, self._where):
                 report.skipped += 1
                 continue
-            product, problem, repairs = self._product(item, page_url, seen)
-            if product is None:
-                report.rejected.append(RejectedRow(line, problem))
-                continue
-            seen.add(product.id, f"as item {line}")
-            report.products += 1
-            report.images += len(product.images)
-            if repairs:
-                report.repaired.append(RejectedRow(line, "; ".join(repairs)))
-            yield product
+            outcome = self._product(item, page_url, seen)
+            product = count_outcome(report, seen, line, f"as item {line}", outcome)
+            if product is not None:
+                yield product
 
     def _read_all(self) -> list[tuple[object, str]]:
         settings = self._settings
@@ -243,35 +241,22 @@ class RestSource:
 
     # -- items -> products ---------------------------------------------------------------
 
-    def _product(
-        self, item: object, page_url: str, seen: SeenIds
-    ) -> tuple[Product | None, str, list[str]]:
+    def _product(self, item: object, page_url: str, seen: SeenIds) -> Outcome:
         if not isinstance(item, dict):
             return None, f"expected a JSON object, found {_kind(item)}", []
         record: dict[str, Any] = item
-        keys = list(record)
-        mapping = self._mapping
-        id_key = find_name(keys, mapping.id) if mapping else first_known(keys, REST_ID_NAMES)
-        if id_key is None:
-            wanted = repr(mapping.id) if mapping else "id, _id or uuid"
-            return None, f"no product id field ({wanted})", []
-        raw_id = record[id_key]
-        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
-            return None, f"product id {id_key!r} must be a string or an integer", []
-        product_id = str(raw_id).strip()
-        if not product_id:
-            return None, f"empty product id ({id_key!r})", []
-        title_key = (
-            find_name(keys, mapping.title)
-            if mapping and mapping.title
-            else first_known(keys, TITLE_NAMES)
+        fields = record_fields(
+            record, self._mapping, id_names=REST_ID_NAMES, id_hint="id, _id or uuid"
         )
+        if isinstance(fields, str):
+            return None, fields, []
+        id_key, title_key = fields.id_key, fields.title_key
         title_value = record.get(title_key) if title_key else None
         if isinstance(title_value, bool) or (
             title_value is not None and not isinstance(title_value, str | int | float)
         ):
             return None, f"title {title_key!r} must be a string", []
-        image_keys = self._image_keys(keys, id_key)
+        image_keys = self._image_keys(list(record), id_key)
         repairs: list[str] = []
         groups: list[list[str]] = []
         for key in image_keys:
@@ -282,9 +267,8 @@ class RestSource:
             groups.append(refs)
         images = merge_refs(groups, limit=self._max_images)
         if not images:
-            if not image_keys:
-                return None, "no images (no image field)", []
-            return None, f"no images ({', '.join(map(repr, image_keys))} missing or empty)", []
+            return None, no_images_reason(image_keys), []
+        product_id = fields.product_id
         duplicate = seen.duplicate(product_id)
         if duplicate:
             return None, duplicate, []
@@ -295,8 +279,7 @@ class RestSource:
     def _image_keys(self, keys: Sequence[str], id_key: str) -> list[str]:
         mapping = self._mapping
         if mapping and mapping.images:
-            found = (find_name(keys, k) for k in mapping.images)
-            return [k for k in found if k is not None]
+            return present_names(keys, mapping.images)
         ordered = [k for name in REST_IMAGE_NAMES for k in keys if normalize_name(k) == name]
         others = [k for k in keys if normalize_name(k) in _MORE_IMAGE_NAMES and k != id_key]
         return list(dict.fromkeys([*ordered, *others]))

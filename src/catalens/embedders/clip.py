@@ -14,11 +14,11 @@ from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
-from catalens.embedders.base import Vectors, l2_normalize
+from catalens.embedders.base import BatchedImageEmbedder, Vectors, l2_normalize
 from catalens.embedders.onnx_card import file_digest
 from catalens.embedders.preprocess import Preprocessing, interpolation_name
+from catalens.embedders.torch_device import resolve_device
 from catalens.errors import ModelError
 from catalens.types import ModelIdentity
 
@@ -79,16 +79,6 @@ def preprocessing_from_processor(processor: Any) -> Preprocessing:
     )
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} asked for, but torch sees no CUDA GPU")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ModelError(f"unknown device {device!r}: use auto, cpu or cuda")
-    return device
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -111,7 +101,7 @@ def _features(output: Any) -> torch.Tensor:
     return pooled
 
 
-class ClipEmbedder:
+class ClipEmbedder(BatchedImageEmbedder):
     """A CLIP model: ``embed_pixels`` for images, ``embed_texts`` for words, one space."""
 
     def __init__(
@@ -126,7 +116,7 @@ class ClipEmbedder:
         if batch_size < 1:
             raise ModelError("batch_size must be >= 1")
         self._batch_size = batch_size
-        self._device = _resolve_device(device)
+        self._device = resolve_device(device)
         source = os.fspath(model_id_or_dir)
         local = Path(source).is_dir()
         kwargs: dict[str, Any] = {"local_files_only": local_files_only}
@@ -179,38 +169,12 @@ class ClipEmbedder:
             has_text_tower=True,
         )
 
-    @property
-    def identity(self) -> ModelIdentity:
-        return self._identity
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self._preprocessing
-
-    def preprocess(self, image: Image.Image) -> NDArray[np.float32]:
-        return self._preprocessing(image)
-
-    def embed_pixels(self, batch: NDArray[np.float32]) -> Vectors:
-        batch = np.asarray(batch, dtype=np.float32)
-        shape = self._preprocessing.input_shape
-        if batch.ndim != 4 or batch.shape[1:] != shape:
-            raise ModelError(
-                f"expected a batch of shape (n, {', '.join(map(str, shape))}), got {batch.shape}"
-            )
-        if len(batch) == 0:
-            return np.zeros((0, self._identity.dim), dtype=np.float32)
-        parts: list[NDArray[np.float32]] = []
+    def _embed_chunk(self, chunk: NDArray[np.float32]) -> NDArray[np.float32]:
         with torch.inference_mode():
-            for start in range(0, len(batch), self._batch_size):
-                chunk = np.ascontiguousarray(batch[start : start + self._batch_size])
-                pixels = torch.from_numpy(chunk).to(self._device)
-                out = self._model.get_image_features(pixel_values=pixels)
-                parts.append(_features(out).float().cpu().numpy())
-        return l2_normalize(np.concatenate(parts))
+            pixels = torch.from_numpy(chunk).to(self._device)
+            out = self._model.get_image_features(pixel_values=pixels)
+            features: NDArray[np.float32] = _features(out).float().cpu().numpy()
+        return features
 
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
         if isinstance(texts, str):

@@ -11,11 +11,11 @@ from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
-from catalens.embedders.base import Vectors, l2_normalize
+from catalens.embedders.base import BatchedImageEmbedder
 from catalens.embedders.onnx_card import file_digest
 from catalens.embedders.preprocess import Preprocessing
+from catalens.embedders.torch_device import resolve_device
 from catalens.errors import ModelError
 from catalens.types import ModelIdentity
 
@@ -63,18 +63,7 @@ def fold_batch_norms(model: torch.nn.Module) -> None:
         setattr(owner, bn_name, torch.nn.Identity())
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; others pass through checked."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} asked for, but torch sees no CUDA GPU")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ModelError(f"unknown device {device!r}: use auto, cpu or cuda")
-    return device
-
-
-class EfficientNetLite0Embedder:
+class EfficientNetLite0Embedder(BatchedImageEmbedder):
     """EfficientNet-Lite0 pooled features as L2-normalised 1280-d vectors."""
 
     def __init__(
@@ -103,7 +92,8 @@ class EfficientNetLite0Embedder:
         fold_batch_norms(model)
         self._format = torch.channels_last if self._device == "cpu" else torch.contiguous_format
         self._model = model.to(self._device, memory_format=self._format)
-        self._step = min(batch_size, CPU_CHUNK) if self._device == "cpu" else batch_size
+        self._batch_size = min(batch_size, CPU_CHUNK) if self._device == "cpu" else batch_size
+        self._preprocessing = PREPROCESSING
         self._identity = ModelIdentity(
             name=NAME,
             revision=file_digest(weights),
@@ -112,29 +102,10 @@ class EfficientNetLite0Embedder:
             has_text_tower=False,
         )
 
-    @property
-    def identity(self) -> ModelIdentity:
-        return self._identity
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    def preprocess(self, image: Image.Image) -> NDArray[np.float32]:
-        return PREPROCESSING(image)
-
-    def embed_pixels(self, batch: NDArray[np.float32]) -> Vectors:
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != PREPROCESSING.input_shape:
-            raise ModelError(f"expected a batch of shape (n, 3, 224, 224), got {batch.shape}")
-        if len(batch) == 0:
-            return np.zeros((0, DIM), dtype=np.float32)
-        parts: list[NDArray[np.float32]] = []
+    def _embed_chunk(self, chunk: NDArray[np.float32]) -> NDArray[np.float32]:
         with torch.inference_mode():
-            for start in range(0, len(batch), self._step):
-                pixels = torch.from_numpy(np.ascontiguousarray(batch[start : start + self._step]))
-                pixels = pixels.to(self._device).contiguous(memory_format=self._format)
-                features = self._model.extract_features(pixels)
-                pooled = features.mean(dim=(2, 3))
-                parts.append(pooled.float().cpu().numpy())
-        return l2_normalize(np.concatenate(parts))
+            pixels = torch.from_numpy(chunk).to(self._device)
+            pixels = pixels.contiguous(memory_format=self._format)
+            features = self._model.extract_features(pixels)
+            pooled: NDArray[np.float32] = features.mean(dim=(2, 3)).float().cpu().numpy()
+        return pooled

@@ -16,9 +16,8 @@ from typing import Any, Final
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
-from PIL import Image
 
-from catalens.embedders.base import Vectors, l2_normalize
+from catalens.embedders.base import BatchedImageEmbedder
 from catalens.embedders.preprocess import CARD_KEYS, Preprocessing
 from catalens.errors import ModelError
 from catalens.types import ModelIdentity
@@ -87,7 +86,7 @@ def _providers(device: str) -> list[str]:
     raise ModelError(f"unknown device {device!r}: use auto, cpu or cuda")
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(BatchedImageEmbedder):
     """An image embedder from an ONNX file and its card; one warm session, thread-safe."""
 
     def __init__(
@@ -141,7 +140,7 @@ class OnnxEmbedder:
                 f"{model_path}: input {input_name!r} has a fixed batch size of {fixed_batch}; "
                 "export it with a dynamic batch axis"
             )
-        self._step = 1 if fixed_batch == 1 else batch_size
+        self._batch_size = 1 if fixed_batch == 1 else batch_size
         expected = (1, *preprocessing.input_shape)
         if len(shape) != 4 or any(
             isinstance(have, int) and have > 0 and have != want
@@ -154,7 +153,7 @@ class OnnxEmbedder:
         self._device = (
             "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         )
-        probe = self._run(np.zeros(expected, dtype=np.float32))
+        probe = self._embed_chunk(np.zeros(expected, dtype=np.float32))
         if probe.shape != (1, dim):
             raise ModelError(
                 f"{model_path}: output {output_name!r} gives {probe.shape[1:]} per image, "
@@ -215,35 +214,9 @@ class OnnxEmbedder:
             intra_op_threads=intra_op_threads,
         )
 
-    @property
-    def identity(self) -> ModelIdentity:
-        return self._identity
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self._preprocessing
-
-    def preprocess(self, image: Image.Image) -> NDArray[np.float32]:
-        return self._preprocessing(image)
-
-    def embed_pixels(self, batch: NDArray[np.float32]) -> Vectors:
-        batch = np.asarray(batch, dtype=np.float32)
-        shape = self._preprocessing.input_shape
-        if batch.ndim != 4 or batch.shape[1:] != shape:
-            raise ModelError(f"expected a batch of shape (n, *{shape}), got {batch.shape}")
-        if len(batch) == 0:
-            return np.zeros((0, self._identity.dim), dtype=np.float32)
-        step = self._step
-        parts = [self._run(batch[start : start + step]) for start in range(0, len(batch), step)]
-        return l2_normalize(np.concatenate(parts))
-
-    def _run(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def _embed_chunk(self, chunk: NDArray[np.float32]) -> NDArray[np.float32]:
         try:
-            (out,) = self._session.run([self._output], {self._input: np.ascontiguousarray(batch)})
+            (out,) = self._session.run([self._output], {self._input: np.ascontiguousarray(chunk)})
         except Exception as exc:
             raise ModelError(f"onnxruntime failed to run {self._identity_name()}: {exc}") from exc
         array = np.asarray(out, dtype=np.float32)

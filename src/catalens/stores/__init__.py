@@ -1,6 +1,8 @@
 """Vector stores: the ``VectorStore`` protocol and its backends.
 
-Backends load lazily, so importing the protocol does not import FAISS (or, later, psycopg).
+Backends load lazily, so importing the protocol imports neither FAISS nor psycopg:
+``FaissStore`` (``faiss_store``) and ``PgVectorStore`` (``pgvector_store``, needs the ``pg``
+extra). ``service.store_factory`` picks one per collection from its ``store`` string.
 """
 
 from __future__ import annotations
@@ -11,10 +13,16 @@ from catalens.stores.base import VectorStore
 
 if TYPE_CHECKING:
     from catalens.stores.faiss_store import FaissOptions, FaissStore
+    from catalens.stores.pgvector_store import FilterPlan, PgVectorStore
 
-__all__ = ["FaissOptions", "FaissStore", "VectorStore"]
+__all__ = ["FaissOptions", "FaissStore", "FilterPlan", "PgVectorStore", "VectorStore"]
 
-_LAZY = {"FaissOptions": "catalens.stores.faiss_store", "FaissStore": "catalens.stores.faiss_store"}
+_LAZY = {
+    "FaissOptions": "catalens.stores.faiss_store",
+    "FaissStore": "catalens.stores.faiss_store",
+    "FilterPlan": "catalens.stores.pgvector_store",
+    "PgVectorStore": "catalens.stores.pgvector_store",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -47,6 +47,14 @@ class VectorStore(Protocol):
         """Remove every vector."""
         ...
 
+    def close(self) -> None:
+        """Release connections and files; the store is not used afterwards."""
+        ...
+
+    def drop(self) -> None:
+        """Delete everything the store keeps outside the collection's folder."""
+        ...
+
     def flush(self, tag: str | None = None) -> None:
         """Make every change so far durable, atomically (all of it or none of it).
 

@@ -236,6 +236,12 @@ class FaissStore:
             self._engine.update(replaced, ids, matrix, self._rows.live())
             self._version += 1
 
+    def close(self) -> None:
+        """Nothing to release: the index lives in memory and is saved by ``flush``."""
+
+    def drop(self) -> None:
+        """Nothing to drop: every file lives in the collection's folder."""
+
     def clear(self) -> None:
         """Remove every vector (the collection then rebuilds the store from its ledger)."""
         with self._lock:

@@ -44,8 +44,13 @@ def local_server(directory: Path) -> Any:
 def local_dsn(directory: Path, *, database: str = DATABASE) -> str:
     """Start (or reuse) the embedded server in ``directory``; the DSN of ``database`` in it,
     created with the ``vector`` extension enabled."""
-    import psycopg
-    from psycopg import sql
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError as exc:
+        raise StoreError(
+            f"postgres-local needs the pg extra: pip install 'catalens[pg]' ({exc})"
+        ) from exc
 
     path = directory.expanduser().resolve()
     with _lock:

@@ -1,4 +1,5 @@
-"""The PostgreSQL side of a pgvector collection: names, versioned migrations, extension check.
+"""The PostgreSQL side of a pgvector collection: names, versioned migrations, the extension
+check, and the table swap behind bulk loads.
 
 Each collection lives in its own schema, ``catalens_<name>_<hash>`` (see ``Names``)::
 
@@ -93,8 +94,28 @@ def _v2_product_metadata_index(conn: Conn, names: Names, dim: int) -> None:
     )
 
 
+INLINE_MAX_DIM = 1536
+"""Up to this dim a vector row stays well under a page, so it can be stored inline."""
+
+
+def _v3_inline_vectors(conn: Conn, names: Names, dim: int) -> None:
+    # A vector over ~2 kB (dim > 500) is TOASTed by default: exact scans then fetch every
+    # row from the TOAST table, several times slower. Rows written from now on stay inline.
+    stored = read_meta_value(conn, names, "dim")  # the table's, if it was written already
+    if (dim if stored is None else int(stored)) <= INLINE_MAX_DIM:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN").format(
+                names.table(IMAGES)
+            )
+        )
+
+
 Migration = Callable[[Conn, Names, int], None]
-MIGRATIONS: tuple[Migration, ...] = (_v1_tables, _v2_product_metadata_index)
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_tables,
+    _v2_product_metadata_index,
+    _v3_inline_vectors,
+)
 
 
 def migrate(conn: Conn, names: Names, dim: int) -> int:
@@ -184,3 +205,81 @@ def ensure_vector_extension(conn: Conn, *, create: bool = True) -> str:
             f"in that database ({exc.diag.message_primary})"
         ) from exc
     return ensure_vector_extension(conn, create=False)
+
+
+def create_hnsw_index(
+    conn: Conn,
+    names: Names,
+    table: str,
+    *,
+    opclass: str,
+    m: int,
+    ef_construction: int,
+    build_memory: str | None = None,
+) -> None:
+    """Build the HNSW index on ``table`` (auto-named ``<table>_embedding_idx``)."""
+    if build_memory:
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (build_memory,))
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX ON {} USING hnsw (embedding {}) WITH (m = {}, ef_construction = {})"
+        ).format(names.table(table), sql.SQL(opclass), sql.Literal(m), sql.Literal(ef_construction))
+    )
+
+
+def begin_swap(conn: Conn, names: Names) -> str:
+    """Create ``images_next``, shaped like ``images`` but without its HNSW index, for a bulk
+    load; returns its name. ``finish_swap`` puts it in place of ``images``."""
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(names.table(NEXT_IMAGES)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+            names.table(NEXT_IMAGES), names.table(IMAGES)
+        )
+    )
+    # LIKE copied the HNSW index too: drop it, it is built once after the load.
+    for index in _indexes(conn, names, NEXT_IMAGES, method="hnsw"):
+        conn.execute(sql.SQL("DROP INDEX {}").format(names.table(index)))
+    return NEXT_IMAGES
+
+
+def finish_swap(conn: Conn, names: Names) -> None:
+    """Replace ``images`` by ``images_next`` (indexes renamed back by prefix), in the
+    caller's transaction: readers elsewhere see the old table until it commits."""
+    conn.execute(sql.SQL("DROP TABLE {}").format(names.table(IMAGES)))
+    conn.execute(
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            names.table(NEXT_IMAGES), sql.Identifier(IMAGES)
+        )
+    )
+    prefix = NEXT_IMAGES + "_"
+    for index in _indexes(conn, names, IMAGES):
+        if index.startswith(prefix):
+            conn.execute(
+                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    names.table(index), sql.Identifier(IMAGES + "_" + index[len(prefix) :])
+                )
+            )
+    conn.execute(sql.SQL("ANALYZE {}").format(names.table(IMAGES)))
+
+
+def _indexes(conn: Conn, names: Names, table: str, *, method: str | None = None) -> list[str]:
+    """Names of the indexes on ``table`` (only those of access ``method`` if given)."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_am a ON a.oid = c.relam"
+        " WHERE i.indrelid = %s::regclass AND (%s::text IS NULL OR a.amname = %s)",
+        (f'"{names.schema}"."{table}"', method, method),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN for messages: user@host:port/dbname, never the password."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    host = params.get("host") or "localhost"
+    port = f":{params['port']}" if params.get("port") else ""
+    user = f"{params['user']}@" if params.get("user") else ""
+    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"

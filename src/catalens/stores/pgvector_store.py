@@ -47,10 +47,14 @@ from catalens.stores.pg_schema import (
     NEXT_IMAGES,
     Conn,
     Names,
+    begin_swap,
+    create_hnsw_index,
     ensure_vector_extension,
+    finish_swap,
     migrate,
     read_meta,
     read_meta_value,
+    safe_dsn,
     write_meta,
 )
 from catalens.stores.pg_search import MAX_EF_SEARCH, OPS, FilterPlan, Searcher
@@ -74,18 +78,6 @@ class _Write:
 def _configure(conn: Conn) -> None:
     register_vector(conn)
     conn.commit()
-
-
-def safe_dsn(dsn: str) -> str:
-    """The DSN for messages: user@host:port/dbname, never the password."""
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<unparsable DSN>"
-    host = params.get("host") or "localhost"
-    port = f":{params['port']}" if params.get("port") else ""
-    user = f"{params['user']}@" if params.get("user") else ""
-    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
 
 
 class PgVectorStore:
@@ -230,19 +222,14 @@ class PgVectorStore:
             )
 
     def _create_index(self, conn: Conn, table: str) -> None:
-        if self._build_memory:
-            conn.execute(
-                "SELECT set_config('maintenance_work_mem', %s, true)", (self._build_memory,)
-            )
-        conn.execute(
-            sql.SQL(
-                "CREATE INDEX ON {} USING hnsw (embedding {}) WITH (m = {}, ef_construction = {})"
-            ).format(
-                self._names.table(table),
-                sql.SQL(OPS[self._metric][1]),
-                sql.Literal(self._m),
-                sql.Literal(self._ef_construction),
-            )
+        create_hnsw_index(
+            conn,
+            self._names,
+            table,
+            opclass=OPS[self._metric][1],
+            m=self._m,
+            ef_construction=self._ef_construction,
+            build_memory=self._build_memory,
         )
 
     # -- protocol --------------------------------------------------------------------------
@@ -298,7 +285,7 @@ class PgVectorStore:
                     )
                 ).fetchone()
                 if empty and empty[0]:
-                    self._start_bulk(write)
+                    write.target = begin_swap(conn, self._names)
             write.changed = True
             conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS catalens_stage"
@@ -343,7 +330,8 @@ class PgVectorStore:
         with self._writing() as write:
             write.changed = True
             if self._index == "hnsw":
-                self._start_bulk(write)
+                if write.target != NEXT_IMAGES:
+                    write.target = begin_swap(write.conn, self._names)
                 write.conn.execute(sql.SQL("TRUNCATE {}").format(self._names.table(NEXT_IMAGES)))
             else:
                 write.conn.execute(sql.SQL("DELETE FROM {}").format(self._names.table(IMAGES)))
@@ -360,7 +348,9 @@ class PgVectorStore:
             try:
                 conn = write.conn
                 if write.target == NEXT_IMAGES:
-                    self._finish_bulk(conn)
+                    if self._index == "hnsw":
+                        self._create_index(conn, NEXT_IMAGES)
+                    finish_swap(conn, self._names)
                 count = conn.execute(
                     sql.SQL("SELECT count(*) FROM {}").format(self._names.table(IMAGES))
                 ).fetchone()
@@ -441,52 +431,6 @@ class PgVectorStore:
             )
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _start_bulk(self, write: _Write) -> None:
-        """Write into a fresh unindexed copy of ``images``; ``flush`` indexes and swaps it."""
-        if write.target == NEXT_IMAGES:
-            return
-        conn, names = write.conn, self._names
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(names.table(NEXT_IMAGES)))
-        conn.execute(
-            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
-                names.table(NEXT_IMAGES), names.table(IMAGES)
-            )
-        )
-        # LIKE copied the HNSW index too: drop it, flush builds it after the load.
-        for index in self._indexes(conn, NEXT_IMAGES, method="hnsw"):
-            conn.execute(sql.SQL("DROP INDEX {}").format(names.table(index)))
-        write.target = NEXT_IMAGES
-
-    def _finish_bulk(self, conn: Conn) -> None:
-        names = self._names
-        if self._index == "hnsw":
-            self._create_index(conn, NEXT_IMAGES)
-        conn.execute(sql.SQL("DROP TABLE {}").format(names.table(IMAGES)))
-        conn.execute(
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                names.table(NEXT_IMAGES), sql.Identifier(IMAGES)
-            )
-        )
-        prefix = NEXT_IMAGES + "_"
-        for index in self._indexes(conn, IMAGES):
-            if index.startswith(prefix):
-                conn.execute(
-                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                        names.table(index), sql.Identifier(IMAGES + "_" + index[len(prefix) :])
-                    )
-                )
-        conn.execute(sql.SQL("ANALYZE {}").format(names.table(IMAGES)))
-
-    def _indexes(self, conn: Conn, table: str, *, method: str | None = None) -> list[str]:
-        """Names of the indexes on ``table`` (only those of access ``method`` if given)."""
-        rows = conn.execute(
-            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " JOIN pg_am a ON a.oid = c.relam"
-            " WHERE i.indrelid = %s::regclass AND (%s::text IS NULL OR a.amname = %s)",
-            (f'"{self._names.schema}"."{table}"', method, method),
-        ).fetchall()
-        return [str(r[0]) for r in rows]
 
     @property
     def _where(self) -> str:
