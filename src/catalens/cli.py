@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -209,12 +210,14 @@ def search(
     if as_json:
         out.print_json(json.dumps([h.to_dict() for h in hits], default=str))
         return
-    table = Table("rank", "product", "title", "score", "matched image", "metadata")
+    table = Table("rank", "product", "title", "score", "verdict", "matched image", "metadata")
     if collection == ALL:
         table.add_column("collection")
     for hit in hits:
         meta = ", ".join(f"{k}={v}" for k, v in list(hit.metadata.items())[:4])
-        row = [str(hit.rank), hit.product_id, hit.title, f"{hit.score:.4f}", hit.image, meta]
+        verdict = f"{hit.verdict} {hit.probability:.2f}" if hit.probability is not None else "-"
+        row = [str(hit.rank), hit.product_id, hit.title, f"{hit.score:.4f}", verdict, hit.image]
+        row.append(meta)
         if collection == ALL:
             row.append(hit.collection)
         table.add_row(*row)
@@ -252,6 +255,40 @@ def delete(collection: CollectionOpt) -> None:
     out.print(f"deleted {collection}")
 
 
+@app.command()
+def feedback(
+    collection: CollectionOpt,
+    image: Annotated[Path, typer.Option(help="The photo the verdict is about.")],
+    verdict: Annotated[
+        str, typer.Option(help="correct (it is PRODUCT), actually (same), wrong (it is not).")
+    ],
+    product: Annotated[str, typer.Option(help="The product id the verdict names.")],
+    user: Annotated[str | None, typer.Option(help="Who gives it (kept as provenance).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Tell the collection whether a photo shows a product: a confirmed photo becomes an extra
+    view of it, a wrong one a hard negative."""
+    if verdict not in ("correct", "wrong", "actually"):
+        raise typer.BadParameter("--verdict must be correct, wrong or actually")
+    with _service() as service:
+        result = service.feedback(
+            collection,
+            image=image,
+            verdict=verdict,  # type: ignore[arg-type]
+            product_id=product,
+            user=user,
+        )
+    if as_json:
+        out.print_json(json.dumps(asdict(result), default=str))
+    elif result.view is not None:
+        state = "now a confirmed view" if result.added else "already a confirmed view"
+        out.print(f"{image.name}: {state} of {product} (view {result.view.view_id})")
+    elif result.negative_id is not None:
+        out.print(f"{image.name}: recorded as not {product} (hard negative {result.negative_id})")
+    else:
+        out.print(f"{image.name}: not kept (the per-product cap dropped it as redundant)")
+
+
 @app.command("eval")
 def eval_command(
     collection: CollectionOpt,
@@ -260,37 +297,80 @@ def eval_command(
     group_by: Annotated[
         str | None, typer.Option(help="Per-group breakdown: a queries column or metadata key.")
     ] = None,
+    out_of_catalog: Annotated[
+        str,
+        typer.Option(
+            help="Score false matches: leave this share of products out (seeded), or 'each' "
+            "(every query again without its own product)."
+        ),
+    ] = "0",
+    simulate_feedback: Annotated[
+        int | None,
+        typer.Option(min=0, help="First confirm K pool photos per product (on a copy)."),
+    ] = None,
+    feedback_pool: Annotated[
+        Path | None, typer.Option(help="CSV (image_path,item_id) of photos to confirm.")
+    ] = None,
+    pool_where: Annotated[
+        list[str] | None, typer.Option(help="Only pool rows with COLUMN=VALUE.")
+    ] = None,
+    curve: Annotated[
+        str | None, typer.Option(help="Several K, e.g. 0,1,3,10: one row each.")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed for the photos picked and products left out.")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Measure retrieval quality: recall@1/5/10, precision@k, MRR, mAP, latency."""
-    from catalens.evaluate import evaluate, read_queries
+    """Measure retrieval quality: recall@1/5/10, precision@k, MRR, mAP, latency, and how
+    well the calibrated verdicts separate matches from products not in the catalog."""
+    from catalens.cli_report import print_curve, print_eval
+    from catalens.evalloop import feedback_curve, parse_curve
+    from catalens.evaluate import evaluate, parse_out_of_catalog, read_queries
 
+    looping = simulate_feedback is not None or curve is not None
+    if looping and feedback_pool is None:
+        raise typer.BadParameter("--simulate-feedback and --curve need a --feedback-pool")
     with _service() as service:
+        leave_out = parse_out_of_catalog(out_of_catalog)
         loaded = read_queries(queries, where=_parse_pairs(where, "--where"))
-        report = evaluate(service, collection, loaded, group_by=group_by)
-    if as_json:
-        out.print_json(json.dumps(report.to_dict()))
-        return
-    metrics = report.metrics
-    table = Table("metric", "value")
-    for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    for key, value in report.latency_ms.items():
-        table.add_row(f"latency {key} (ms)", f"{value:.1f}")
-    out.print(table)
-    if report.groups:
-        groups = Table(report.group_by or "group", "queries", "recall@1", "recall@5", "mrr")
-        for name, m in report.groups.items():
-            groups.add_row(
-                name,
-                str(int(m["queries"])),
-                f"{m['recall@1']:.3f}",
-                f"{m['recall@5']:.3f}",
-                f"{m['mrr']:.3f}",
+        if not looping:
+            report = evaluate(
+                service,
+                collection,
+                loaded,
+                group_by=group_by,
+                out_of_catalog=leave_out,
+                seed=seed,
             )
-        out.print(groups)
-    if report.skipped:
-        out.print(f"{len(report.skipped)} queries skipped, e.g. {report.skipped[0]}")
+        else:
+            assert feedback_pool is not None
+            pool = read_queries(feedback_pool, where=_parse_pairs(pool_where, "--pool-where"))
+            ks = parse_curve(curve) if curve else [simulate_feedback or 0]
+            with _progress() as bars:
+                points = feedback_curve(
+                    service,
+                    collection,
+                    loaded,
+                    pool,
+                    ks,
+                    seed=seed,
+                    out_of_catalog=leave_out,
+                    group_by=group_by,
+                    progress=_Bars(bars),
+                )
+    if not looping:
+        if as_json:
+            out.print_json(json.dumps(report.to_dict()))
+        else:
+            print_eval(out, report)
+    elif as_json:
+        data: Any = [p.to_dict() for p in points] if curve else points[0].to_dict()
+        out.print_json(json.dumps(data))
+    elif curve:
+        print_curve(out, points)
+    else:
+        print_eval(out, points[0].report)
 
 
 @app.command()
@@ -367,6 +447,56 @@ def serve(
         )
     else:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+
+
+models_app = typer.Typer(
+    name="models",
+    help="ONNX exports of CLIP models for fast CPU inference.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app)
+
+
+@models_app.command("export")
+def models_export(
+    model: Annotated[
+        str | None, typer.Argument(help="Hub id or CLIP directory (default: CATALENS_MODEL).")
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(help="int8: also write a dynamic int8 variant (use it as MODEL:int8)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Export again even if it exists.")] = False,
+) -> None:
+    """Export a CLIP model's image and text towers to ONNX under CATALENS_HOME/models.
+
+    Collections use the export on CPU automatically (CATALENS_CLIP_RUNTIME=auto). The fp32
+    export gives the same vectors as torch; int8 is faster and differs slightly, so it is a
+    model of its own (its agreement with fp32 is printed here).
+    """
+    with _service() as service:
+        result = service.export_model(model, quantize=quantize, force=force)
+    identity = result.identity
+    done = ", ".join(result.created) if result.created else "nothing new (already exported)"
+    out.print(f"{identity.name} @ {identity.revision}: {done} in {result.seconds:.1f}s")
+    out.print(f"folder: {result.directory}", highlight=False, soft_wrap=True)
+    table = Table("variant", "check", "image mean", "image min", "text mean", "text min")
+    labels = {"fp32_vs_torch": ("fp32", "vs torch"), "int8_vs_fp32": ("int8", "vs fp32")}
+    for key, values in result.agreement.items():
+        variant, check = labels.get(key, (key, ""))
+        table.add_row(
+            variant,
+            check,
+            *(
+                f"{values.get(f'{tower}_{stat}_cosine', float('nan')):.6f}"
+                for tower in ("image", "text")
+                for stat in ("mean", "min")
+            ),
+        )
+    out.print(table)
+    if "int8_vs_fp32" in result.agreement:
+        spec = (model or service.settings.model).removesuffix(":int8")
+        out.print(f"int8: use it as --model {spec}:int8", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -16,7 +16,9 @@ import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,15 +26,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from catalens.calibration import META_KEY as CALIBRATION_KEY
+from catalens.calibration import STATS_DEPTH, Calibration, NoCalibration
 from catalens.errors import CollectionNotFoundError, ConfigError, ModelMismatchError
 from catalens.ledger import Ledger, metadata_matches
 from catalens.quality import DomainCentering, SearchOptions, centered_scores
 from catalens.rwlock import ReadWriteLock
+from catalens.scoring import ViewCache, score_products
 from catalens.stores.base import VectorStore
 from catalens.types import Hit, ImageMatch, ModelIdentity, Product
 
 CONFIG_FILE = "collection.json"
 LEDGER_FILE = "catalog.sqlite"
+VIEWS_DIR = "views"
+"""Confirmed shopper photos, one file per content hash (see ``views.py``)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -104,6 +111,20 @@ class ImageChange:
     file_size: int | None = None
     file_mtime_ns: int | None = None
     origin: str = "catalog"
+    provenance: ViewProvenance | None = None
+    """Where a confirmed shopper photo came from (``origin="confirmed"`` only)."""
+
+
+@dataclass(frozen=True)
+class ViewProvenance:
+    """Who confirmed a shopper photo as a view of its product, when, and from which query."""
+
+    verdict: str
+    created_at: float
+    user: str | None = None
+    query_id: str | None = None
+    query_vector: bytes | None = None
+    """The float32 query vector the photo was searched with (calibration uses it)."""
 
 
 @dataclass
@@ -143,6 +164,12 @@ class Collection:
         self.lock = ReadWriteLock()
         self.centering = DomainCentering.loads(
             self.ledger.get_meta("query_mean"), config.model.dim, config.search.centering_window
+        )
+        self.views = ViewCache(self.ledger, config.model.dim)
+        self._deferred = 0
+        self._unflushed = False
+        self.calibration: Calibration | NoCalibration = (
+            Calibration.loads(self.ledger.get_meta(CALIBRATION_KEY)) or NoCalibration()
         )
         self._reconcile()
 
@@ -184,6 +211,11 @@ class Collection:
         if self.centering.count % 32 == 0:
             self.save_query_mean()
 
+    def set_calibration(self, calibration: Calibration | None) -> None:
+        """Use (and store) a new calibration; ``None`` drops verdicts."""
+        self.ledger.set_meta(CALIBRATION_KEY, calibration.dumps() if calibration else "")
+        self.calibration = calibration or NoCalibration()
+
     def save_query_mean(self) -> None:
         if self.centering.count:
             self.ledger.set_meta("query_mean", self.centering.dumps())
@@ -217,7 +249,25 @@ class Collection:
             self._flush()
 
     def _flush(self) -> None:
+        if self._deferred:
+            self._unflushed = True
+            return
         self.store.flush(tag=str(self.ledger.generation))
+
+    @contextmanager
+    def deferred_flush(self) -> Iterator[None]:
+        """Many small changes in a row (simulated feedback): the store is written to disk
+        once at the end instead of after each. The ledger still commits each change, and a
+        crash meanwhile leaves a store that lags the ledger, which is rebuilt on open."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred and self._unflushed:
+                self._unflushed = False
+                with self.lock.write():
+                    self._flush()
 
     # -- changes -------------------------------------------------------------------------
 
@@ -228,6 +278,7 @@ class Collection:
         with self.lock.write():
             upserts: list[tuple[int, str, str]] = []
             deletes: list[int] = []
+            dropped_files: set[str] = set()
             with self.ledger.transaction() as db:
                 for product in changes.products:
                     Ledger.write_product(db, product)
@@ -235,19 +286,22 @@ class Collection:
                     self._write_image(db, change, upserts, deletes)
                 for product_id, ref in changes.removed_images:
                     row = db.execute(
-                        "SELECT image_id FROM images WHERE product_id = ? AND ref = ?",
+                        "SELECT image_id, origin FROM images WHERE product_id = ? AND ref = ?",
                         (product_id, ref),
                     ).fetchone()
                     if row:
                         deletes.append(int(row[0]))
+                        if row[1] != "catalog":
+                            dropped_files.add(ref)
                         db.execute("DELETE FROM images WHERE image_id = ?", (row[0],))
                 for product_id in changes.removed_products:
-                    deletes.extend(
-                        int(r[0])
-                        for r in db.execute(
-                            "SELECT image_id FROM images WHERE product_id = ?", (product_id,)
-                        )
-                    )
+                    for image_id, ref, origin in db.execute(
+                        "SELECT image_id, ref, origin FROM images WHERE product_id = ?",
+                        (product_id,),
+                    ).fetchall():
+                        deletes.append(int(image_id))
+                        if origin != "catalog":
+                            dropped_files.add(str(ref))
                     db.execute("DELETE FROM images WHERE product_id = ?", (product_id,))
                     db.execute("DELETE FROM products WHERE id = ?", (product_id,))
                 Ledger.bump_generation(db)
@@ -257,6 +311,25 @@ class Collection:
                 vectors = self.ledger.vectors_for([h for _, _, h in upserts], self.config.model.dim)
                 self.store.upsert([i for i, _, _ in upserts], [p for _, p, _ in upserts], vectors)
             self._flush()
+            self._unlink_unused(dropped_files)
+
+    def _unlink_unused(self, refs: set[str]) -> None:
+        """Delete the saved shopper photos (under ``views/``) no image row refers to any more."""
+        if not refs:
+            return
+        still = {str(r[0]) for r in self.ledger.query("SELECT DISTINCT ref FROM images")}
+        for ref in refs - still:
+            path = self.view_path(ref)
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+    def view_path(self, ref: str) -> Path | None:
+        """The file of a confirmed shopper photo's ref (``views/<hash>.<ext>``), or ``None``
+        when ``ref`` is not one."""
+        path = (self.directory / ref).resolve()
+        if path.parent != (self.directory / VIEWS_DIR).resolve():
+            return None
+        return path
 
     @staticmethod
     def _write_image(
@@ -288,6 +361,19 @@ class Collection:
             image_id = int(cursor.lastrowid or 0)
             if change.status == "ok" and change.content_hash:
                 upserts.append((image_id, change.product_id, change.content_hash))
+            if change.provenance is not None:
+                made = change.provenance
+                db.execute(
+                    "INSERT INTO view_provenance VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        image_id,
+                        made.verdict,
+                        made.created_at,
+                        made.user,
+                        made.query_id,
+                        made.query_vector,
+                    ),
+                )
             return
         image_id, old_hash, old_status = int(row[0]), row[1], str(row[2])
         db.execute(
@@ -311,11 +397,14 @@ class Collection:
         threshold: float | None = None,
         filters: Mapping[str, Any] | None = None,
         center: bool = True,
+        exclude: AbstractSet[str] = frozenset(),
     ) -> list[Hit]:
-        """Products ranked by their best-matching image (max-sim), one hit per product.
+        """Products ranked by their views (``scoring.py``), one hit per product.
 
         With ``center`` and enough photo queries seen, the best candidates from the index are
-        re-scored by the domain-centred cosine (see ``quality.py``).
+        re-scored by the domain-centred cosine (see ``quality.py``). Products in ``exclude``
+        are left out as if they were not in the catalog (out-of-catalog evaluation). Each hit
+        carries the calibrated verdict when the collection has a calibration.
         """
         queries = np.asarray(query, dtype=np.float32).reshape(1, -1)
         options = self.config.search
@@ -331,12 +420,16 @@ class Collection:
                 matches = self.store.search(queries, k)[0]
                 if mean is not None:
                     matches = self._recentre(queries[0], matches, mean)
-                best: dict[str, tuple[float, int]] = {}
-                for match in matches:
-                    if threshold is not None and match.score < threshold:
-                        break
-                    if match.product_id not in best:
-                        best[match.product_id] = (match.score, match.image_id)
+                best = score_products(
+                    queries[0],
+                    matches,
+                    options=options,
+                    views=self.views,
+                    mean=mean,
+                    cosine=self.config.metric == "cosine",
+                )
+                for pid in exclude & best.keys():
+                    del best[pid]
                 products = self.ledger.get_products(best)
                 if filters:
                     best = {
@@ -344,14 +437,22 @@ class Collection:
                         for pid, hit in best.items()
                         if pid in products and metadata_matches(products[pid][1], filters)
                     }
+                kept = sum(1 for s, _ in best.values() if threshold is None or s >= threshold)
                 exhausted = k >= total or (
                     threshold is not None and bool(matches) and matches[-1].score < threshold
                 )
-                if len(best) >= top_k or exhausted:
+                if kept >= top_k or exhausted:
                     break
                 k = min(total, k * 4)
-            ranked = sorted(best.items(), key=lambda item: -item[1][0])[:top_k]
-            refs = self.ledger.image_refs(image_id for _, (_, image_id) in ranked)
+            ranked = sorted(best.items(), key=lambda item: -item[1][0])
+            depth = max(top_k, STATS_DEPTH) + 1
+            verdicts = self.calibration.verdicts([score for _, (score, _) in ranked[:depth]])
+            shown = [
+                (rank, item)
+                for rank, item in enumerate(ranked[:top_k], start=1)
+                if threshold is None or item[1][0] >= threshold
+            ]
+            refs = self.ledger.preview_refs(image_id for _, (_, (_, image_id)) in shown)
             return [
                 Hit(
                     rank=rank,
@@ -361,8 +462,10 @@ class Collection:
                     image=refs.get(image_id, ""),
                     metadata=products.get(pid, ("", {}))[1],
                     collection=self.name,
+                    verdict=verdicts[rank - 1][0] if verdicts else None,
+                    probability=verdicts[rank - 1][1] if verdicts else None,
                 )
-                for rank, (pid, (score, image_id)) in enumerate(ranked, start=1)
+                for rank, (pid, (score, image_id)) in shown
             ]
 
     def _recentre(
@@ -395,6 +498,9 @@ class Collection:
             "images": counts["images"],
             "vectors": len(self.store),
             "failed_images": counts["failed_images"],
+            "confirmed_views": counts.get("confirmed_views", 0),
+            "has_text_tower": self.config.model.has_text_tower,
+            "calibrated": isinstance(self.calibration, Calibration),
             "last_sync": json.loads(last_sync) if last_sync else None,
             "source": asdict(self.config.source) if self.config.source else None,
             "created_at": self.config.created_at,
@@ -415,3 +521,13 @@ def remove_collection_dir(directory: Path) -> None:
     trash = directory.with_name(f".deleted-{directory.name}-{time.time_ns()}")
     os.replace(directory, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def copy_collection_dir(source: Path, target: Path, name: str) -> None:
+    """Copy a collection's folder under a new name (its store is rebuilt on open when it
+    lives elsewhere, e.g. in PostgreSQL). The source must not change meanwhile."""
+    if target.exists():
+        raise ConfigError(f"collection {name!r} already exists")
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*-wal", "*-shm", "*.tmp"))
+    config = read_config(target)
+    write_json_atomic(target / CONFIG_FILE, replace(config, name=name).to_dict())

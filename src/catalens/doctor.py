@@ -47,13 +47,20 @@ def _check_store(settings: Settings) -> Check:
 
 
 def _check_model(settings: Settings, spec: str) -> Check:
-    from catalens.embedders import load_embedder
+    from catalens.embedders import ClipRuntime, load_embedder
 
+    # The runtime the service would use, but no export from here: a check stays quick.
+    clip = ClipRuntime(settings.clip_runtime, auto_export=False, models_dir=settings.models_dir)
     try:
-        embedder = load_embedder(spec, device=settings.device, local_files_only=settings.hf_offline)
+        embedder = load_embedder(
+            spec, device=settings.device, local_files_only=settings.hf_offline, clip=clip
+        )
     except CatalensError as exc:
         return Check("model", False, str(exc))
     identity = embedder.identity
+    runtime = "onnxruntime" if type(embedder).__name__.endswith("OnnxEmbedder") else "torch"
     return Check(
-        "model", True, f"{identity.name} loads (dim {identity.dim}, device {embedder.device})"
+        "model",
+        True,
+        f"{identity.name} loads (dim {identity.dim}, device {embedder.device}, {runtime})",
     )

@@ -16,7 +16,8 @@ CLI/API layers prints or exits.
     │   └── ModelMismatchError      a collection used with a model other than its own
     ├── StoreError                  the vector store cannot be opened or written
     ├── CollectionNotFoundError     no collection of that name
-    └── ProductNotFoundError        no product of that id in the collection
+    ├── ProductNotFoundError        no product of that id in the collection
+    └── QueryNotFoundError          no kept query of that id (unknown or expired)
 """
 
 from __future__ import annotations
@@ -82,3 +83,7 @@ class CollectionNotFoundError(CatalensError):
 
 class ProductNotFoundError(CatalensError):
     """No product of that id."""
+
+
+class QueryNotFoundError(CatalensError):
+    """No kept query of that id: never issued, or past the retention time or count."""

@@ -6,21 +6,31 @@ searched like a user would search (decode + embed + search), and the rank of its
 scored: recall@k (the right product within the first k), precision@k, MRR and mAP. With one
 right product per query, AP equals the reciprocal rank, so mAP equals MRR; both are
 reported because multi-label query sets make them differ.
+
+Calibrated verdicts (``calibration.py``) are scored too: the precision and recall of a
+``match`` verdict on the top result, and the false-match rate on out-of-catalog queries:
+queries whose product is not in the collection, or whose product is left out on purpose
+(``out_of_catalog``: a seeded share of the catalog is excluded at query time, as if it were
+not there; or ``"each"``: every in-catalog query is searched a second time with its own
+product left out, which uses every query once as an out-of-catalog one). Feeding confirmed
+photos first and scoring the loop is ``evalloop.py``.
 """
 
 from __future__ import annotations
 
 import csv
+import random
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from catalens.errors import CatalensError, CatalogError
+from catalens.calibration import MATCH
+from catalens.errors import CatalensError, CatalogError, ConfigError
 from catalens.service import CatalensService
 
 CUTOFFS = (1, 5, 10)
@@ -39,6 +49,8 @@ class QueryResult:
     ranked: tuple[str, ...]
     seconds: float
     group: str | None = None
+    verdict: str | None = None
+    """The calibrated verdict on the top result."""
 
 
 def read_queries(path: Path, *, where: Mapping[str, str] | None = None) -> list[Query]:
@@ -90,6 +102,51 @@ def score(results: Sequence[QueryResult], cutoffs: Sequence[int] = CUTOFFS) -> d
     return metrics
 
 
+def score_verdicts(
+    in_catalog: Sequence[QueryResult], out_of_catalog: Sequence[QueryResult]
+) -> dict[str, Any]:
+    """How well the top result's verdict says "this is it": the precision and recall of
+    ``match`` on in-catalog queries, the false-match rate on out-of-catalog ones."""
+    matched = [r for r in in_catalog if r.verdict == MATCH]
+    right = sum(1 for r in matched if r.ranked and r.ranked[0] in r.query.item_ids)
+    false = sum(1 for r in out_of_catalog if r.verdict == MATCH)
+    return {
+        "calibrated": any(r.verdict is not None for r in [*in_catalog, *out_of_catalog]),
+        "match_precision": right / len(matched) if matched else None,
+        "match_recall": right / len(in_catalog) if in_catalog else None,
+        "matches": len(matched),
+        "verdicts": dict(Counter(r.verdict or "none" for r in in_catalog)),
+        "out_of_catalog": {
+            "queries": len(out_of_catalog),
+            "false_match_rate": false / len(out_of_catalog) if out_of_catalog else None,
+            "verdicts": dict(Counter(r.verdict or "none" for r in out_of_catalog)),
+        },
+    }
+
+
+EACH = "each"
+"""``out_of_catalog=EACH``: each query is also searched with its own product left out."""
+
+
+def parse_out_of_catalog(text: str) -> float | str:
+    """``"0.2"`` -> 0.2; ``"each"`` stays."""
+    if text.strip().lower() == EACH:
+        return EACH
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--out-of-catalog takes a share (0.2) or 'each', got {text!r}") from None
+
+
+def left_out(product_ids: Iterable[str], share: float, *, seed: int = 0) -> frozenset[str]:
+    """A seeded ``share`` of the products, to leave out of the catalog at query time."""
+    if not 0.0 <= share < 1.0:
+        raise ConfigError(f"--out-of-catalog must be in [0, 1) or 'each', got {share}")
+    ids = sorted(product_ids)
+    count = round(len(ids) * share)
+    return frozenset(random.Random(seed).sample(ids, count))
+
+
 @dataclass
 class EvalReport:
     collection: str
@@ -98,7 +155,9 @@ class EvalReport:
     group_by: str | None
     latency_ms: dict[str, float]
     skipped: list[str]
-    """Queries that could not be run (missing file, not in the catalog), with the reason."""
+    """Queries that could not be run (missing file, unreadable image), with the reason."""
+    verdicts: dict[str, Any] = field(default_factory=dict)
+    """``score_verdicts`` of the in-catalog and out-of-catalog queries."""
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = dict(self.metrics)
@@ -108,6 +167,7 @@ class EvalReport:
             group_by=self.group_by,
             groups=self.groups,
             skipped=self.skipped,
+            **self.verdicts,
         )
         return data
 
@@ -119,27 +179,45 @@ def evaluate(
     *,
     group_by: str | None = None,
     depth: int = 100,
+    out_of_catalog: float | str = 0.0,
+    seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
-    """Search every query in ``collection`` and score the rankings."""
+    """Search every query in ``collection`` and score the rankings. Queries whose product is
+    not in the catalog, or among the ``out_of_catalog`` share left out on purpose, score the
+    verdicts only."""
     opened = service.collection(collection)
-    catalog_ids = opened.ledger.product_ids()
+    each = out_of_catalog == EACH
+    share = 0.0 if each else float(out_of_catalog)
+    excluded = left_out(opened.ledger.product_ids(), share, seed=seed)
+    catalog_ids = opened.ledger.product_ids() - excluded
     group_key = group_by or ("category" if _has_metadata(opened, "category") else None)
     results: list[QueryResult] = []
+    outside: list[QueryResult] = []
     skipped: list[str] = []
     for done, query in enumerate(queries, start=1):
-        if not query.item_ids & catalog_ids:
-            skipped.append(f"{query.image}: {', '.join(sorted(query.item_ids))} not in catalog")
-            continue
         started = time.perf_counter()
         try:
-            hits = service.search(collection, image=query.image, top_k=depth)
+            hits = service.search(collection, image=query.image, top_k=depth, exclude=excluded)
         except CatalensError as exc:
             skipped.append(str(exc))
             continue
         elapsed = time.perf_counter() - started
-        group = _group_of(opened, query, group_key) if group_key else None
-        results.append(QueryResult(query, tuple(h.product_id for h in hits), elapsed, group))
+        ranked = tuple(h.product_id for h in hits)
+        verdict = hits[0].verdict if hits else None
+        if query.item_ids & catalog_ids:
+            group = _group_of(opened, query, group_key) if group_key else None
+            results.append(QueryResult(query, ranked, elapsed, group, verdict))
+            if each:
+                hits = service.search(
+                    collection, image=query.image, top_k=depth, exclude=query.item_ids
+                )
+                ranked = tuple(h.product_id for h in hits)
+                outside.append(
+                    QueryResult(query, ranked, 0.0, None, hits[0].verdict if hits else None)
+                )
+        else:
+            outside.append(QueryResult(query, ranked, elapsed, None, verdict))
         if progress:
             progress(done, len(queries))
     by_group: dict[str, list[QueryResult]] = defaultdict(list)
@@ -158,6 +236,7 @@ def evaluate(
             "mean": float(seconds.mean()),
         },
         skipped=skipped,
+        verdicts=score_verdicts(results, outside),
     )
 
 

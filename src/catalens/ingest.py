@@ -32,7 +32,8 @@ from numpy.typing import NDArray
 from catalens.catalog.base import CatalogSource
 from catalens.collection import ChangeSet, Collection, ImageChange
 from catalens.embedders.base import Embedder
-from catalens.errors import CatalensError
+from catalens.embedders.preprocess import Preprocessing
+from catalens.errors import CatalensError, ModelError
 from catalens.fetch import ImageFetcher
 from catalens.images import ImageLimits, content_hash, decode_image
 from catalens.ledger import ImageRow
@@ -47,6 +48,14 @@ Progress = Callable[[str, int, int | None], None]
 
 def _no_progress(stage: str, done: int, total: int | None) -> None:
     return None
+
+
+def default_decode_workers() -> int:
+    """Load threads for a catalog of local files: half the cores. Decoding and resizing are
+    a small share of the work next to the model, which gets all cores for its own threads;
+    more decoders would only take turns with it (URLs wait on the network instead and get
+    ``Ingestor.workers``)."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 @dataclass(frozen=True)
@@ -106,11 +115,23 @@ class Ingestor:
     limits: ImageLimits = field(default_factory=ImageLimits)
     batch_size: int = 32
     workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    """Load threads when some images are URLs (fetching waits on the network)."""
+    decode_workers: int = field(default_factory=default_decode_workers)
+    """Load threads when every image is a local file (CPU-bound decoding)."""
     progress: Progress = _no_progress
     remove_missing: bool = True
     """Products absent from the source are removed (a full sync); off for partial upserts."""
     revalidate_urls: bool = False
     """Ask the server whether each cached image URL changed (a sync: same URL, new bytes)."""
+
+    def __post_init__(self) -> None:
+        # Large JPEGs decode at a reduced scale that still leaves the model full resolution.
+        self._draft_size: tuple[int, int] | None
+        try:
+            preprocessing = Preprocessing.from_card(self.embedder.identity.preprocessing)
+            self._draft_size = preprocessing.draft_size()
+        except ModelError:
+            self._draft_size = None
 
     def run(self, source: CatalogSource | Iterable[Product]) -> IngestReport:
         started = time.perf_counter()
@@ -184,7 +205,9 @@ class Ingestor:
         def load(task: _Task) -> _Loaded:
             return self._load(task, is_known)
 
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="catalens-load") as pool:
+        all_local = all(_local_path(task.ref) is not None for task in tasks)
+        workers = self.decode_workers if all_local else self.workers
+        with ThreadPoolExecutor(workers, thread_name_prefix="catalens-load") as pool:
             for loaded in _bounded_map(pool, load, tasks, lookahead=self.batch_size * 3):
                 pending.append(loaded)
                 if sum(1 for p in pending if p.pixels is not None) >= self.batch_size:
@@ -243,7 +266,9 @@ class Ingestor:
             unchanged = previous is not None and previous.content_hash == digest
             if unchanged or is_known(digest):
                 return _Loaded(task, digest, None, size, mtime)
-            image = decode_image(fetched.data, source=task.ref, limits=self.limits)
+            image = decode_image(
+                fetched.data, source=task.ref, limits=self.limits, draft_size=self._draft_size
+            )
             pixels = self.embedder.preprocess(image)
             return _Loaded(task, digest, pixels, size, mtime)
         except CatalensError as exc:

@@ -10,6 +10,9 @@ The ledger is the source of truth; the vector index is derived from it. Three ta
 - ``vectors``: content hash -> float32 vector. Written as soon as a batch is embedded, so a
   killed run resumes without embedding anything twice, and duplicate images across products
   share one embedding.
+- ``view_provenance`` and ``negatives``: what shoppers' feedback taught (see ``views.py``):
+  where each confirmed photo (an ``images`` row with origin ``confirmed``) came from, and the
+  query vectors a product was wrongly matched to. Both go with their image or product.
 
 A ``generation`` counter in ``meta`` goes up with every committed change to what is
 searchable; the vector store is flushed with that counter as its tag, so a store that lags
@@ -60,6 +63,24 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_by_hash ON images(content_hash);
 CREATE TABLE IF NOT EXISTS vectors (content_hash TEXT PRIMARY KEY, vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS view_provenance (
+    image_id INTEGER PRIMARY KEY REFERENCES images(image_id) ON DELETE CASCADE,
+    verdict TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    user TEXT,
+    query_id TEXT,
+    query_vector BLOB
+);
+CREATE TABLE IF NOT EXISTS negatives (
+    negative_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    product_id TEXT NOT NULL REFERENCES products(id) ON DELETE CASCADE,
+    content_hash TEXT,
+    vector BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    user TEXT,
+    query_id TEXT
+);
+CREATE INDEX IF NOT EXISTS negatives_by_product ON negatives(product_id);
 """
 
 
@@ -106,6 +127,11 @@ class Ledger:
         with self._lock:
             self._db.close()
 
+    def checkpoint(self) -> None:
+        """Move the write-ahead log into the database file (before copying the file)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic unit of work; everything inside commits together or not at all."""
@@ -121,6 +147,10 @@ class Ledger:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read-only statement (for the modules that own a table here)."""
+        return self._query(sql, params)
 
     def _chunked_in(self, sql: str, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
         """The rows of ``sql`` for every one of ``values``, bound in chunks that stay under
@@ -226,6 +256,18 @@ class Ledger:
         )
         return {int(image_id): str(ref) for image_id, ref in rows}
 
+    def preview_refs(self, image_ids: Iterable[int]) -> dict[int, str]:
+        """For each image id: its ref when it is a catalog image, else (a confirmed photo)
+        the ref of its product's first good catalog image, or ``""`` when it has none."""
+        rows = self._chunked_in(
+            "SELECT i.image_id, CASE WHEN i.origin = 'catalog' THEN i.ref ELSE COALESCE(("
+            "SELECT c.ref FROM images c WHERE c.product_id = i.product_id "
+            "AND c.origin = 'catalog' AND c.status = 'ok' ORDER BY c.position LIMIT 1), '') END "
+            "FROM images i WHERE i.image_id IN ({marks})",
+            list(image_ids),
+        )
+        return {int(image_id): str(ref) for image_id, ref in rows}
+
     def failed_images(self) -> list[FailedImage]:
         return [
             FailedImage(str(pid), str(ref), str(err))
@@ -239,7 +281,15 @@ class Ledger:
         (products,) = self._query("SELECT COUNT(*) FROM products")[0]
         (images,) = self._query("SELECT COUNT(*) FROM images WHERE status = 'ok'")[0]
         (failed,) = self._query("SELECT COUNT(*) FROM images WHERE status = 'failed'")[0]
-        return {"products": int(products), "images": int(images), "failed_images": int(failed)}
+        (confirmed,) = self._query(
+            "SELECT COUNT(*) FROM images WHERE status = 'ok' AND origin != 'catalog'"
+        )[0]
+        return {
+            "products": int(products),
+            "images": int(images),
+            "failed_images": int(failed),
+            "confirmed_views": int(confirmed),
+        }
 
     # -- vectors -------------------------------------------------------------------------
 
@@ -278,6 +328,23 @@ class Ledger:
         )
         hashes = {int(image_id): str(digest) for image_id, digest in rows}
         return self.vectors_for([hashes[i] for i in ids], dim)
+
+    def vectors_by_product(
+        self, product_ids: Iterable[str], dim: int
+    ) -> dict[str, NDArray[np.float32]]:
+        """product id -> the (n, dim) vectors of its searchable views, in image id order."""
+        rows = self._chunked_in(
+            "SELECT i.product_id, v.vector FROM images i JOIN vectors v "
+            "ON v.content_hash = i.content_hash WHERE i.status = 'ok' "
+            "AND i.product_id IN ({marks}) ORDER BY i.image_id",
+            list(dict.fromkeys(product_ids)),
+        )
+        grouped: dict[str, list[NDArray[np.float32]]] = {}
+        for product_id, blob in rows:
+            vector = np.frombuffer(blob, dtype=np.float32)
+            if vector.size == dim:
+                grouped.setdefault(str(product_id), []).append(vector)
+        return {pid: np.vstack(vectors) for pid, vectors in grouped.items()}
 
     def searchable(self) -> Iterator[tuple[list[int], list[str], list[str]]]:
         """Every searchable image as chunks of (image ids, product ids, content hashes)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageOps
 
 from catalens.embedders.base import Embedder, embed_images, l2_normalize
 
@@ -45,6 +45,18 @@ class SearchOptions:
     """The running mean forgets older queries with this effective window (EMA)."""
     rerank_depth: int = 512
     """Image candidates (from the plain index) re-scored with centering per search."""
+    query_flip: bool = False
+    """Also embed the mirrored query at each zoom (twice the cost per query)."""
+    aggregation: str = "blend"
+    """How a product's views score: ``max`` (its best view) or ``blend``:
+    ``blend_weight * best + (1 - blend_weight) * cos(query, centroid of its views)``."""
+    blend_weight: float = 0.5
+    negative_penalty: float = 0.5
+    """Score taken off a product for a query identical to one it was wrongly matched to
+    (``wrong`` feedback); 0 turns hard negatives off."""
+    negative_similarity: float = 0.8
+    """Below this cosine to a recorded wrong query there is no penalty; above it the
+    penalty grows linearly up to ``negative_penalty`` at 1.0."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,10 +85,35 @@ def zoom_views(
     embedder: Embedder, image: Image.Image, zooms: Sequence[float] = DEFAULT_ZOOMS
 ) -> NDArray[np.float32]:
     """One query vector: the mean of the unit vectors of each centre zoom, renormalised."""
-    views = [center_crop(image, zoom) for zoom in (zooms or (1.0,))]
+    return query_views(embedder, image, zooms)[0]
+
+
+def query_views(
+    embedder: Embedder,
+    image: Image.Image,
+    zooms: Sequence[float] = DEFAULT_ZOOMS,
+    *,
+    flip: bool = False,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """(the query vector, the plain view) of a photo, in one batch.
+
+    The query vector averages the unit vectors of each centre zoom (and, with ``flip``, of
+    each mirrored zoom); the plain view is the photo embedded as a catalog image would be
+    (zoom 1.0, not mirrored), which is what a confirmed photo is stored as.
+    """
+    zooms = tuple(zooms) or (1.0,)
+    views = [center_crop(image, zoom) for zoom in zooms]
+    if flip:
+        mirrored = ImageOps.mirror(image)
+        views += [center_crop(mirrored, zoom) for zoom in zooms]
+    extra_plain = 1.0 not in zooms
+    if extra_plain:
+        views.append(image)
     vectors = embed_images(embedder, views)
-    mean: NDArray[np.float32] = l2_normalize(vectors.mean(axis=0, keepdims=True))[0]
-    return mean
+    used = vectors[:-1] if extra_plain else vectors
+    query: NDArray[np.float32] = l2_normalize(used.mean(axis=0, keepdims=True))[0]
+    plain: NDArray[np.float32] = vectors[-1] if extra_plain else vectors[zooms.index(1.0)]
+    return query, plain
 
 
 @dataclass

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from catalens import views
+from catalens.calibration import Calibration
 from catalens.catalog import ColumnMapping, open_catalog
 from catalens.catalog.base import CatalogSource
 from catalens.collection import (
@@ -27,19 +30,31 @@ from catalens.collection import (
     CollectionConfig,
     SourceConfig,
     check_name,
+    copy_collection_dir,
     remove_collection_dir,
 )
-from catalens.embedders import load_embedder
+from catalens.embedders import ClipRuntime, Preprocessing, load_embedder
 from catalens.embedders.base import Embedder, TextEmbedder, embed_images, has_text_tower
+from catalens.embedders.onnx_export import ExportResult
 from catalens.errors import CatalensError, CollectionNotFoundError, ConfigError, ModelError
+from catalens.feedback import (
+    FeedbackResult,
+    Verdict,
+    give_feedback,
+    query_bytes,
+    recalibrate,
+    refit_if_due,
+)
 from catalens.fetch import ImageFetcher
 from catalens.images import ImageLimits, decode_image, load_image
 from catalens.ingest import Ingestor, IngestReport, Progress
-from catalens.quality import SearchOptions, zoom_views
+from catalens.quality import SearchOptions, query_views
+from catalens.querylog import QueryLog, QueryVectors, model_key
 from catalens.settings import Settings
 from catalens.stores.base import VectorStore
 from catalens.stores.faiss_store import FaissOptions, FaissStore
-from catalens.types import Hit, Product
+from catalens.types import Hit, Product, SearchResult
+from catalens.views import ConfirmedView
 
 EmbedderLoader = Callable[[str], Embedder]
 QueryImage = bytes | Path | str | Image.Image
@@ -143,6 +158,11 @@ class CatalensService:
             retries=settings.download_retries,
             max_bytes=settings.max_image_bytes,
         )
+        self.queries = QueryLog(
+            settings.home / "queries.sqlite",
+            retention_seconds=settings.query_retention_seconds,
+            retention_max=settings.query_retention_max,
+        )
 
     def _default_loader(self, spec: str) -> Embedder:
         return load_embedder(
@@ -150,6 +170,28 @@ class CatalensService:
             device=self.settings.device,
             batch_size=self.settings.batch_size,
             local_files_only=self.settings.hf_offline,
+            clip=ClipRuntime(
+                runtime=self.settings.clip_runtime,
+                auto_export=self.settings.onnx_auto_export,
+                models_dir=self.settings.models_dir,
+            ),
+        )
+
+    def export_model(
+        self, spec: str | None = None, *, quantize: str | None = None, force: bool = False
+    ) -> ExportResult:
+        """Export a CLIP model's towers to ONNX under ``settings.models_dir`` (see
+        ``onnx_export``); what is already exported for its revision is reused."""
+        from catalens.embedders.clip_onnx import split_variant
+        from catalens.embedders.onnx_export import export_clip
+
+        source, variant = split_variant(spec or self.settings.model)
+        return export_clip(
+            source,
+            models_dir=self.settings.models_dir,
+            quantize=quantize or (variant if variant != "fp32" else None),
+            local_files_only=self.settings.hf_offline,
+            force=force,
         )
 
     def close(self) -> None:
@@ -158,6 +200,7 @@ class CatalensService:
                 collection.close()
             self._collections.clear()
         self.fetcher.close()
+        self.queries.close()
 
     # -- models --------------------------------------------------------------------------
 
@@ -232,7 +275,11 @@ class CatalensService:
                 metric=metric or self.settings.metric,
                 source=source,
                 search=SearchOptions(
-                    query_zooms=self.settings.query_zooms, centering=self.settings.centering
+                    query_zooms=self.settings.query_zooms,
+                    centering=self.settings.centering,
+                    query_flip=self.settings.query_flip,
+                    aggregation=self.settings.aggregation,
+                    blend_weight=self.settings.blend_weight,
                 ),
             )
             created = Collection.create(directory, config, self._store_factory)
@@ -253,6 +300,16 @@ class CatalensService:
                     collection.store.drop()
                     collection.close()
             remove_collection_dir(self._dir(name))
+
+    def copy_collection(self, name: str, new_name: str) -> Collection:
+        """A copy of a collection (its catalog, confirmed views, centering and calibration)
+        under another name: what ``catalens eval --simulate-feedback`` feeds."""
+        source = self.collection(name)
+        with self._lock, source.lock.write():
+            source.save_query_mean()
+            source.ledger.checkpoint()
+            copy_collection_dir(source.directory, self._dir(new_name), new_name)
+        return self.collection(new_name)
 
     def summaries(self) -> list[CollectionSummary]:
         result = []
@@ -333,6 +390,8 @@ class CatalensService:
             report = ingestor.run(catalog)
             collection.ledger.set_meta("last_sync", json.dumps(_sync_summary(report)))
             collection.ledger.prune_vectors()
+            if report.products_added or report.products_removed or report.images_embedded:
+                recalibrate(collection)
             return report
 
     def sync(self, name: str, *, progress: Progress | None = None) -> IngestReport:
@@ -371,23 +430,83 @@ class CatalensService:
         with self._lock:
             return self._ingest_locks.setdefault(name, threading.Lock())
 
+    # -- feedback (see feedback.py and views.py) -----------------------------------------
+
+    def feedback(
+        self,
+        name: str,
+        *,
+        verdict: Verdict,
+        product_id: str,
+        query_id: str | None = None,
+        image: QueryImage | None = None,
+        user: str | None = None,
+        recalibrate: bool = True,
+    ) -> FeedbackResult:
+        """Record a verdict on a photo (a kept ``query_id`` or an ``image``) and a product:
+        ``correct``/``actually`` make it a confirmed view, ``wrong`` a hard negative."""
+        return give_feedback(
+            self,
+            name,
+            verdict=verdict,
+            product_id=product_id,
+            query_id=query_id,
+            image=image,
+            user=user,
+            recalibrate=recalibrate,
+        )
+
+    def feedback_lock(self, name: str) -> threading.Lock:
+        """Serialises feedback with syncs of the same collection."""
+        return self._ingest_lock(name)
+
+    def confirmed_views(self, name: str, product_id: str | None = None) -> list[ConfirmedView]:
+        return views.list_views(self.collection(name), product_id)
+
+    def remove_views(
+        self, name: str, product_id: str, view_ids: Sequence[int] | None = None
+    ) -> list[int]:
+        """Remove confirmed views of a product (all with ``view_ids=None``); ids removed."""
+        collection = self.collection(name)
+        with self.feedback_lock(name):
+            removed = views.remove_views(
+                collection, product_id, None if view_ids is None else list(view_ids)
+            )
+            if removed:
+                refit_if_due(self, collection)
+        return removed
+
+    def recalibrate(self, name: str) -> Calibration | None:
+        """Refit a collection's calibration now; ``None`` when it cannot be fitted."""
+        return recalibrate(self.collection(name))
+
     # -- queries -------------------------------------------------------------------------
 
-    def decode_query(self, image: QueryImage) -> Image.Image:
-        """A query image from bytes, a path, an http(s) URL, or an already decoded image."""
+    def decode_query(
+        self, image: QueryImage, *, draft_size: tuple[int, int] | None = None
+    ) -> Image.Image:
+        """A query image from bytes, a path, an http(s) URL, or an already decoded image.
+
+        ``draft_size``: a large JPEG may be decoded at a reduced scale still at least this
+        big (``Preprocessing.draft_size``), which is most of a phone photo's decode time.
+        """
         if isinstance(image, Image.Image):
             return image.convert("RGB")
         if isinstance(image, bytes):
-            return decode_image(image, source="query image", limits=self.limits)
+            return decode_image(
+                image, source="query image", limits=self.limits, draft_size=draft_size
+            )
         ref = str(image)
         if ref.startswith(("http://", "https://")):
             fetched = self.fetcher.fetch(ref)
-            return decode_image(fetched.data, source=ref, limits=self.limits)
-        return load_image(ref, limits=self.limits)
+            return decode_image(fetched.data, source=ref, limits=self.limits, draft_size=draft_size)
+        return load_image(ref, limits=self.limits, draft_size=draft_size)
 
     def embed_image(self, image: QueryImage, *, model: str | None = None) -> NDArray[np.float32]:
         embedder = self.embedder(model)
-        vector: NDArray[np.float32] = embed_images(embedder, [self.decode_query(image)])[0]
+        draft = _draft_size([embedder.identity.preprocessing], [(1.0,)])
+        decoded = self.decode_query(image, draft_size=draft)
+        vector: NDArray[np.float32] = embed_images(embedder, [decoded])[0]
         return vector
 
     def embed_text(self, text: str, *, model: str | None = None) -> NDArray[np.float32]:
@@ -406,25 +525,63 @@ class CatalensService:
         top_k: int | None = None,
         threshold: float | None = None,
         filters: Mapping[str, Any] | None = None,
+        exclude: AbstractSet[str] = frozenset(),
     ) -> list[Hit]:
-        """Search one collection, or every collection with ``name == "all"``."""
+        """Search one collection, or every collection with ``name == "all"``; the photo is
+        not kept for feedback (``query`` keeps it)."""
+        return self.query(
+            name,
+            image=image,
+            text=text,
+            top_k=top_k,
+            threshold=threshold,
+            filters=filters,
+            keep=False,
+            exclude=exclude,
+        ).hits
+
+    def query(
+        self,
+        name: str,
+        *,
+        image: QueryImage | None = None,
+        text: str | None = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        filters: Mapping[str, Any] | None = None,
+        keep: bool = True,
+        exclude: AbstractSet[str] = frozenset(),
+    ) -> SearchResult:
+        """Search like ``search``; with ``keep``, a photo query is kept for a while (see
+        ``querylog.py``) and the result's ``query_id`` lets feedback refer to it.
+        ``exclude``: products left out as if not in the catalog (evaluation)."""
         if (image is None) == (text is None):
             raise ConfigError("search needs exactly one of an image or a text")
+        keep = keep and image is not None and self.queries.enabled
+        if keep and image is not None:
+            image = query_bytes(self, image)
         k = top_k or self.settings.top_k
         cutoff = threshold if threshold is not None else self.settings.threshold
         names = self.collection_names() if name == ALL else [name]
         opened = [self.collection(each) for each in names]  # unknown names fail first
-        decoded = self.decode_query(image) if image is not None else None
-        vectors: dict[tuple[str, tuple[float, ...]], NDArray[np.float32]] = {}
+        draft = _draft_size(
+            [c.config.model.preprocessing for c in opened],
+            [c.config.search.query_zooms for c in opened],
+        )
+        decoded = self.decode_query(image, draft_size=draft) if image is not None else None
+        vectors: dict[tuple[str, tuple[float, ...], bool], NDArray[np.float32]] = {}
+        kept: dict[str, QueryVectors] = {}
         hits: list[Hit] = []
         for collection in opened:
             each = collection.name
             zooms = collection.config.search.query_zooms
-            key = (collection.config.model_spec, zooms)
+            flip = collection.config.search.query_flip
+            key = (collection.config.model_spec, zooms, flip)
             if key not in vectors:
                 embedder = self.embedder_for(collection)
                 if decoded is not None:
-                    vectors[key] = zoom_views(embedder, decoded, zooms)
+                    vectors[key], plain = query_views(embedder, decoded, zooms, flip=flip)
+                    kept[model_key(collection.config.model)] = QueryVectors(vectors[key], plain)
                 elif isinstance(embedder, TextEmbedder) and has_text_tower(embedder):
                     vectors[key] = embedder.embed_texts([text or ""])[0]
                 elif name == ALL:
@@ -438,7 +595,12 @@ class CatalensService:
                 collection.observe_query(vectors[key])
             hits.extend(
                 collection.search(
-                    vectors[key], top_k=k, threshold=cutoff, filters=filters, center=text is None
+                    vectors[key],
+                    top_k=k,
+                    threshold=cutoff,
+                    filters=filters,
+                    center=text is None,
+                    exclude=exclude,
                 )
             )
         if len(names) > 1:
@@ -446,7 +608,24 @@ class CatalensService:
             hits = [
                 Hit(**{**asdict(hit), "rank": rank}) for rank, hit in enumerate(hits[:k], start=1)
             ]
-        return hits
+        query_id = None
+        if keep and isinstance(image, bytes) and kept:
+            query_id = self.queries.keep(image, kept)
+        return SearchResult(query_id=query_id, hits=hits)
+
+
+def _draft_size(
+    preprocessings: Sequence[Mapping[str, Any]], zooms: Sequence[Sequence[float]]
+) -> tuple[int, int] | None:
+    """The JPEG draft size that serves every model (and its zoom views) a query goes to;
+    ``None`` (decode in full) when a model's preprocessing is not known."""
+    sizes = []
+    for card, each in zip(preprocessings, zooms, strict=True):
+        try:
+            sizes.append(Preprocessing.from_card(card).draft_size(each))
+        except (ModelError, KeyError):
+            return None
+    return max(sizes) if sizes else None
 
 
 def _is_rest(source: SourceConfig) -> bool:

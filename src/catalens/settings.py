@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=32, ge=1)
     hf_offline: bool = False
     """Load Hugging Face models from the local cache only."""
+    clip_runtime: Literal["onnx", "torch", "auto"] = "auto"
+    """Where CLIP runs: ``auto`` is ONNX Runtime on CPU (when the export exists or can be
+    made) and torch on CUDA; ``onnx`` or ``torch`` force one."""
+    onnx_auto_export: bool = True
+    """Export a CLIP model to ONNX under ``home/models`` on first use (else: only
+    ``catalens models export`` makes exports)."""
 
     # Vector store
     store: str = "faiss"
@@ -83,6 +89,22 @@ class Settings(BaseSettings):
     """Centre zooms averaged for photo queries in new collections (see quality.py)."""
     centering: bool = True
     """Domain centering (running mean of queries) for new collections."""
+    query_flip: bool = False
+    """Also average the mirrored query's zoom views, for new collections."""
+    aggregation: Literal["max", "blend"] = "blend"
+    """How a product's views are scored in new collections (see quality.SearchOptions):
+    its best view, or a blend of that with the centroid of its views."""
+    blend_weight: float = Field(default=0.5, ge=0.0, le=1.0)
+    """With ``blend``: the weight of the best view (the centroid gets the rest)."""
+
+    # Feedback (see views.py and querylog.py)
+    query_retention_seconds: float = Field(default=3600.0, ge=0)
+    """How long a searched photo (and its vectors) is kept so feedback can refer to it by
+    ``query_id``."""
+    query_retention_max: int = Field(default=1000, ge=0)
+    """At most this many searched photos are kept (the oldest go first; 0 keeps none)."""
+    max_confirmed_views: int = Field(default=20, ge=1)
+    """Confirmed shopper photos kept per product; past it the most redundant one goes."""
 
     # HTTP service (catalens serve)
     host: str = "127.0.0.1"
@@ -127,6 +149,11 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def models_dir(self) -> Path:
+        """ONNX exports of CLIP models, one folder per model and revision."""
+        return self.home / "models"
 
 
 def read_toml(path: Path) -> dict[str, Any]:

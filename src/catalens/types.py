@@ -109,8 +109,25 @@ class Hit:
     """The catalog reference (path or URL) of the image that matched best."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
     collection: str = ""
+    verdict: str | None = None
+    """``match``, ``ambiguous`` or ``no_match`` (see ``calibration.py``); ``None`` when the
+    collection has no calibration (too few products to fit one)."""
+    probability: float | None = None
+    """The calibrated probability that this product is the one in the query."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["metadata"] = dict(self.metadata)
         return data
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The hits of one search, and the id feedback on it refers to (``None`` for a text
+    query, or when queries are not kept)."""
+
+    query_id: str | None
+    hits: list[Hit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query_id": self.query_id, "results": [hit.to_dict() for hit in self.hits]}

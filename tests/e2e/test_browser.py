@@ -277,3 +277,40 @@ def test_catalog_page_lists_the_collection(browser: Browser, site: Site, artifac
     card.get_by_test_id("failed-images").locator("summary").click()
     page.screenshot(path=artifacts / "browser-catalog.png", full_page=True)
     assert errors == []
+
+
+def test_confirm_and_correct_a_result(browser: Browser, site: Site, artifacts: Path) -> None:
+    """ "Is this it?": Yes confirms the product; "No, it's ..." moves the photo to another."""
+    base = f"{site.url}/v1/collections/{COLLECTION}/products"
+    page, errors = _open(browser, site.url + "/", viewport={"width": 1280, "height": 900})
+    cards = _search_photo(page, site)
+    first = cards.first
+    first_id = first.get_attribute("data-product-id")
+    assert first_id
+    expect(first.get_by_test_id("feedback")).to_be_visible()
+    first.get_by_test_id("feedback-yes").click()
+    toast = page.get_by_test_id("toast")
+    expect(toast).to_be_visible()
+    expect(toast).to_contain_text(f"Saved your photo as {site.title}")
+    views = httpx.get(f"{base}/{first_id}/views").json()["views"]
+    assert [v["verdict"] for v in views] == ["correct"]
+
+    # The same photo again: "No, it's ..." the second result.
+    cards = _search_photo(page, site)
+    second_id = cards.nth(1).get_attribute("data-product-id")
+    assert second_id and second_id != first_id
+    first = cards.first
+    first.get_by_test_id("feedback-no").click()
+    fix = first.get_by_test_id("feedback-fix")
+    expect(fix).to_be_visible()
+    fix.get_by_test_id("feedback-choice").select_option(second_id)
+    page.screenshot(path=artifacts / "browser-feedback.png", full_page=True)
+    fix.get_by_test_id("feedback-send").click()
+    expect(toast).to_contain_text("Saved your photo as")
+    moved = httpx.get(f"{base}/{second_id}/views").json()["views"]
+    assert [v["verdict"] for v in moved] == ["actually"]
+    assert httpx.get(f"{base}/{first_id}/views").json()["views"] == []
+    assert errors == []
+
+    # Leave the collection as the other tests expect it.
+    assert httpx.delete(f"{base}/{second_id}/views").json()["removed"] == [moved[0]["view_id"]]

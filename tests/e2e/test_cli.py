@@ -121,3 +121,61 @@ def test_doctor_reports_each_check(tmp_path: Path, mobilenet_dir: Path) -> None:
 def test_delete_collection(ingested: Path) -> None:
     assert _run(ingested, "delete", "-c", "shop").returncode == 0
     assert json.loads(_run(ingested, "collections", "--json").stdout) == []
+
+
+def test_feedback_makes_a_confirmed_view(ingested: Path, sample: SampleCatalog) -> None:
+    product = sample.products[1]
+    photo = str(product.shopper_photos[0])
+    args = ("feedback", "-c", "shop", "--image", photo, "--product", product.id)
+    result = _run(ingested, *args, "--verdict", "correct", "--user", "me", "--json")
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout)
+    assert done["added"] is True and done["view"]["user"] == "me"
+    again = _run(ingested, *args, "--verdict", "correct")
+    assert "already a confirmed view" in again.stdout
+    wrong = _run(ingested, *args, "--verdict", "wrong")
+    assert "hard negative" in wrong.stdout
+    bad = _run(ingested, *args, "--verdict", "maybe")
+    assert bad.returncode != 0 and "correct, wrong or actually" in bad.stderr
+    hits = json.loads(_run(ingested, "search", "-c", "shop", photo, "--json").stdout)
+    assert {"verdict", "probability"} <= set(hits[0])
+
+
+def test_eval_scores_verdicts_and_the_feedback_curve(ingested: Path, sample: SampleCatalog) -> None:
+    queries = str(sample.queries_csv)
+    images = sum(len(p.images) for p in sample.products)
+    plain = _run(ingested, "eval", "-c", "shop", "--queries", queries, "--json")
+    assert plain.returncode == 0, plain.stderr
+    report = json.loads(plain.stdout)
+    assert report["out_of_catalog"]["queries"] == 0
+    each = json.loads(
+        _run(
+            ingested,
+            "eval",
+            "-c",
+            "shop",
+            "--queries",
+            queries,
+            "--out-of-catalog",
+            "each",
+            "--json",
+        ).stdout
+    )
+    assert each["out_of_catalog"]["queries"] == each["queries"] == 12
+    assert each["calibrated"] is True
+    assert 0.0 <= each["out_of_catalog"]["false_match_rate"] <= 1.0
+    curve = _run(
+        ingested,
+        *("eval", "-c", "shop", "--queries", queries, "--curve", "0,1"),
+        *("--feedback-pool", queries, "--json"),
+    )
+    assert curve.returncode == 0, curve.stderr
+    points = json.loads(curve.stdout)
+    assert [(p["k"], p["fed"]) for p in points] == [(0, 0), (1, 6)]
+    assert all(0.5 <= p["recall@1"] <= p["recall@5"] for p in points)
+    assert points[1]["calibrated"] is True
+    # The evaluation ran on copies: the collection itself has no confirmed views.
+    listing = json.loads(_run(ingested, "collections", "--json").stdout)
+    assert [c["name"] for c in listing] == ["shop"] and listing[0]["images"] == images
+    missing = _run(ingested, "eval", "-c", "shop", "--queries", queries, "--curve", "0,1")
+    assert missing.returncode != 0 and "--feedback-pool" in missing.stderr

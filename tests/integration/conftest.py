@@ -83,6 +83,7 @@ def api_settings(home: Path, model: Path, **overrides: object) -> Settings:
         "batch_size": 8,
         "query_zooms": (1.0,),
         "centering": False,
+        "aggregation": "max",
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

@@ -195,7 +195,9 @@ def test_collection_refuses_another_model(
 def test_collection_reopens_with_same_results(
     tmp_path: Path, mobilenet_dir: Path, catalog: Path
 ) -> None:
-    settings = Settings(home=tmp_path / "home", model=str(mobilenet_dir), query_zooms=(1.0,))
+    settings = Settings(
+        home=tmp_path / "home", model=str(mobilenet_dir), query_zooms=(1.0,), aggregation="max"
+    )
     first = build_service(settings)
     first.ingest("shop", _source(catalog))
     before = first.search("shop", image=tmp_path / "img" / "p0-side.png", top_k=4)
@@ -292,7 +294,9 @@ def test_store_behind_the_ledger_is_rebuilt_on_open(
     tmp_path: Path, mobilenet_dir: Path, catalog: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A crash after the ledger committed but before the index was saved loses nothing."""
-    settings = Settings(home=tmp_path / "home", model=str(mobilenet_dir), query_zooms=(1.0,))
+    settings = Settings(
+        home=tmp_path / "home", model=str(mobilenet_dir), query_zooms=(1.0,), aggregation="max"
+    )
     first = build_service(settings)
     first.ingest("shop", _source(catalog))
     lines = catalog.read_text().splitlines()

@@ -485,6 +485,7 @@ def _service(home: Path, model: Path, store: str) -> CatalensService:
             batch_size=4,
             query_zooms=(1.0,),
             centering=False,
+            aggregation="max",
         )
     )
 

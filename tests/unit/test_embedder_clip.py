@@ -6,7 +6,6 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from PIL import Image, ImageDraw
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+from tiny_clip import IMAGE_SIZE, PROJECTION, make_tiny_clip  # noqa: E402
 
 from catalens.embedders import TextEmbedder, embed_images, has_text_tower, load_embedder  # noqa: E402
 from catalens.embedders.clip import (  # noqa: E402
@@ -23,52 +24,10 @@ from catalens.embedders.clip import (  # noqa: E402
 )
 from catalens.errors import ModelError  # noqa: E402
 
-IMAGE_SIZE = 32
-PROJECTION = 16
-
-
-def _tokenizer() -> Any:
-    """A byte-level CLIP tokenizer with no merges: every byte is a token."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in sorted(ByteLevel.alphabet()):
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(char + "</w>", len(vocab))
-    return transformers.CLIPTokenizer(vocab=vocab, merges=[])
-
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-clip")
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
-    config = transformers.CLIPConfig(
-        text_config={
-            **small,
-            "num_attention_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 32,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={
-            **small,
-            "num_attention_heads": 2,
-            "image_size": IMAGE_SIZE,
-            "patch_size": 8,
-        },
-        projection_dim=PROJECTION,
-    )
-    transformers.CLIPModel(config).save_pretrained(directory)
-    processor = _image_processor_class()(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
-    processor.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="module")

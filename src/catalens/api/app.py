@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 from catalens import __version__
-from catalens.api import routes_compat, routes_v1
+from catalens.api import routes_compat, routes_feedback, routes_v1
 from catalens.api.errors import install_error_handlers
 from catalens.api.legacy_env import settings_from_env
 from catalens.api.metrics import ApiMetrics, MetricsMiddleware
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(routes_v1.service_router)
     app.include_router(routes_v1.router)
+    app.include_router(routes_feedback.router)
     # Before the web UI's router: the compatibility GET / answers JSON or the page itself.
     app.include_router(routes_compat.router)
     web = _web_ui()

@@ -27,6 +27,7 @@ from catalens.errors import (
     ModelError,
     ModelMismatchError,
     ProductNotFoundError,
+    QueryNotFoundError,
     StoreError,
 )
 
@@ -54,6 +55,7 @@ def error_response(
 _ERROR_CODES: tuple[tuple[type[CatalensError], str, int, str], ...] = (
     (CollectionNotFoundError, "", 404, "collection_not_found"),
     (ProductNotFoundError, "", 404, "product_not_found"),
+    (QueryNotFoundError, "", 404, "query_not_found"),
     (ImageTooLargeError, "", 413, "image_too_large"),
     (ImageError, "", 422, "invalid_image"),
     (BlockedURLError, "", 400, "blocked_url"),

@@ -145,6 +145,8 @@ def _result(request: Request, state: AppState, hit: Hit) -> ResultOut:
         image_url=image_link(request, collection, hit.product_id, hit.image),
         metadata=dict(hit.metadata),
         collection=hit.collection,
+        verdict=hit.verdict,  # type: ignore[arg-type]
+        probability=hit.probability,
     )
 
 
@@ -152,7 +154,7 @@ def _search(
     request: Request, state: AppState, name: str, query: SearchRequest, upload: bytes | None
 ) -> SearchResponse:
     started = time.perf_counter()
-    hits = state.service.search(
+    found = state.service.query(
         name,
         image=_query_image(state, query, upload),
         text=query.text,
@@ -160,9 +162,11 @@ def _search(
         threshold=query.threshold,
         filters=query.filters,
     )
-    results = [_result(request, state, hit) for hit in hits]
+    results = [_result(request, state, hit) for hit in found.hits]
     took = (time.perf_counter() - started) * 1000
-    return SearchResponse(collection=name, results=results, took_ms=round(took, 2))
+    return SearchResponse(
+        collection=name, results=results, took_ms=round(took, 2), query_id=found.query_id
+    )
 
 
 # -- collections -------------------------------------------------------------------------
@@ -218,13 +222,15 @@ def delete_collection(name: str, state: StateDep) -> Deleted:
 def collection_image(name: str, image_id: int, state: StateDep) -> Response:
     """A registered image of the collection (local files; URLs redirect to themselves)."""
     collection = state.service.collection(name)
-    ref = collection.ledger.image_refs([image_id]).get(image_id)
-    if ref is None:
+    rows = collection.ledger.query("SELECT ref, origin FROM images WHERE image_id = ?", [image_id])
+    if not rows:
         raise ApiError(404, "image_not_found", f"collection {name!r} has no image {image_id}")
+    ref, origin = str(rows[0][0]), str(rows[0][1])
+    saved = collection.view_path(ref) if origin != "catalog" else None
     if ref.lower().startswith(("http://", "https://")):
         return RedirectResponse(ref, status_code=307)
     try:
-        data = state.service.fetcher.fetch(ref).data
+        data = state.service.fetcher.fetch(str(saved or ref)).data
     except ImageError as exc:
         raise ApiError(404, "image_unavailable", f"image {image_id}: {exc.reason}") from None
     return Response(

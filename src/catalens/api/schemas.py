@@ -83,6 +83,12 @@ class CollectionInfoOut(CollectionSummary):
     vectors: int
     source: dict[str, Any] | None = None
     created_at: float
+    confirmed_views: int = 0
+    """Shopper photos confirmed through feedback, kept as extra views of their products."""
+    has_text_tower: bool = False
+    """Whether the model can search by words (the web UI hides the text box otherwise)."""
+    calibrated: bool = False
+    """Whether results carry a calibrated verdict and probability."""
     failures: list[FailedImageOut] = Field(default_factory=list)
     """The failed images (at most ``FAILURES_SHOWN``); ``failed_images`` has the count."""
     job: JobOut | None = None
@@ -132,12 +138,72 @@ class ResultOut(BaseModel):
     """A URL a browser can load for that image."""
     metadata: dict[str, Any]
     collection: str
+    verdict: Literal["match", "ambiguous", "no_match"] | None = None
+    """Calibrated: ``match``, ``ambiguous`` (several products close) or ``no_match``
+    (probably not in the catalog); ``null`` when the collection is not calibrated."""
+    probability: float | None = None
+    """The calibrated probability that this is the product in the photo."""
 
 
 class SearchResponse(BaseModel):
     collection: str
     results: list[ResultOut]
     took_ms: float
+    query_id: str | None = None
+    """Refer to this photo in ``POST /v1/collections/{name}/feedback`` (kept for
+    ``CATALENS_QUERY_RETENTION_SECONDS``); ``null`` for text queries."""
+
+
+# -- feedback ----------------------------------------------------------------------------
+
+
+class FeedbackIn(BaseModel):
+    """A verdict on a photo (``query_id`` of a search, or the image) and a product."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query_id: str | None = Field(default=None, min_length=1, max_length=64)
+    image_base64: str | None = None
+    verdict: Literal["correct", "wrong", "actually"]
+    """``correct``: this product was right; ``wrong``: it was not; ``actually``: it is
+    this product (another result, or an id typed in)."""
+    product_id: str = Field(min_length=1, max_length=512)
+    user: str | None = Field(default=None, max_length=200)
+
+
+class ViewOut(BaseModel):
+    view_id: int
+    product_id: str
+    verdict: str
+    created_at: float
+    user: str | None
+    query_id: str | None
+    url: str | None = None
+
+
+class FeedbackOut(BaseModel):
+    collection: str
+    verdict: str
+    product_id: str
+    query_id: str | None
+    view: ViewOut | None
+    """The confirmed view the photo now is (``correct`` and ``actually``)."""
+    added: bool
+    removed_views: list[int]
+    negative_id: int | None
+    recalibrated: bool
+
+
+class ViewList(BaseModel):
+    collection: str
+    product_id: str
+    views: list[ViewOut]
+
+
+class ViewsRemoved(BaseModel):
+    collection: str
+    product_id: str
+    removed: list[int]
 
 
 class EmbedResponse(BaseModel):

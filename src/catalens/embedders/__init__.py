@@ -3,8 +3,12 @@
     spec                                   embedder
     "efficientnet-lite0"                   built-in, offline (catalens[efficientnet])
     a directory with model.json            OnnxEmbedder (onnxruntime, no extra)
-    a directory with a CLIP config.json    ClipEmbedder (catalens[clip])
-    anything else, e.g. "openai/clip-..."  ClipEmbedder from the Hugging Face hub
+    a directory with a CLIP config.json    CLIP (catalens[clip])
+    anything else, e.g. "openai/clip-..."  CLIP from the Hugging Face hub
+    a CLIP spec + ":int8"                  its int8 ONNX export
+
+CLIP runs on ONNX Runtime (``ClipOnnxEmbedder``, from an export under ``models_dir``) or on
+torch (``ClipEmbedder``), as ``clip_runtime`` says: see ``clip_onnx.load_clip``.
 
 Backends are imported only when chosen, so a missing extra costs nothing until it is used.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -30,6 +35,7 @@ from catalens.errors import ModelError
 
 __all__ = [
     "BUILTIN_MODELS",
+    "ClipRuntime",
     "Embedder",
     "Preprocessing",
     "TextEmbedder",
@@ -62,16 +68,40 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
-def _clip(spec: str, *, device: str, batch_size: int, local_files_only: bool) -> Embedder:
-    from catalens.embedders.clip import ClipEmbedder
+@dataclass(frozen=True)
+class ClipRuntime:
+    """Where CLIP models run: ``runtime`` auto, onnx or torch; exports under ``models_dir``
+    (none: torch only), made on first use when ``auto_export``."""
 
-    return ClipEmbedder(
-        spec, device=device, batch_size=batch_size, local_files_only=local_files_only
+    runtime: str = "auto"
+    auto_export: bool = False
+    models_dir: Path | None = None
+
+
+def _clip(
+    spec: str, *, device: str, batch_size: int, local_files_only: bool, clip: ClipRuntime
+) -> Embedder:
+    from catalens.embedders.clip_onnx import load_clip
+
+    return load_clip(
+        spec,
+        device=device,
+        batch_size=batch_size,
+        local_files_only=local_files_only,
+        runtime=clip.runtime,
+        auto_export=clip.auto_export,
+        models_dir=clip.models_dir,
     )
 
 
 def _from_directory(
-    directory: Path, *, device: str, batch_size: int, local_files_only: bool
+    directory: Path,
+    *,
+    device: str,
+    batch_size: int,
+    local_files_only: bool,
+    clip: ClipRuntime,
+    variant: str = "",
 ) -> Embedder:
     if (directory / "model.json").is_file():
         from catalens.embedders.onnx_card import OnnxEmbedder
@@ -91,7 +121,11 @@ def _from_directory(
             "(model_type 'clip') and ONNX model cards are supported"
         )
     return _clip(
-        str(directory), device=device, batch_size=batch_size, local_files_only=local_files_only
+        str(directory) + variant,
+        device=device,
+        batch_size=batch_size,
+        local_files_only=local_files_only,
+        clip=clip,
     )
 
 
@@ -101,6 +135,7 @@ def load_embedder(
     device: str = "auto",
     batch_size: int = 32,
     local_files_only: bool = False,
+    clip: ClipRuntime | None = None,
 ) -> Embedder:
     """Build the embedder that ``spec`` names; every failure is a one-line ``ModelError``.
 
@@ -111,24 +146,35 @@ def load_embedder(
         raise ModelError("no model given")
     if spec in BUILTIN_MODELS:
         return BUILTIN_MODELS[spec](device, batch_size)
-    path = Path(spec).expanduser()
-    if path.is_dir():
+    clip = clip or ClipRuntime()
+    variant = ":int8" if spec.endswith(":int8") else ""
+    base = spec[: len(spec) - len(variant)]
+    path = Path(base).expanduser()
+    directory = path if path.is_dir() else None
+    if path.is_file() and path.name == "model.json" and not variant:
+        directory = path.parent
+    if directory is not None:
+        if variant and (directory / "model.json").is_file():
+            raise ModelError(f"{spec}: int8 variants are for CLIP models, not ONNX model cards")
         return _from_directory(
-            path, device=device, batch_size=batch_size, local_files_only=local_files_only
+            directory,
+            device=device,
+            batch_size=batch_size,
+            local_files_only=local_files_only,
+            clip=clip,
+            variant=variant,
         )
-    if path.is_file() and path.name == "model.json":
-        return _from_directory(
-            path.parent, device=device, batch_size=batch_size, local_files_only=local_files_only
-        )
-    if _looks_like_path(spec) or path.exists():
+    if _looks_like_path(base) or path.exists():
         raise ModelError(f"{spec}: not a model directory")
-    if not _HUB_ID.match(spec):
+    if not _HUB_ID.match(base):
         raise ModelError(
             f"unknown model {spec!r}: use a built-in ({', '.join(BUILTIN_MODELS)}), "
             "a model directory or a Hugging Face hub id"
         )
     try:
-        return _clip(spec, device=device, batch_size=batch_size, local_files_only=local_files_only)
+        return _clip(
+            spec, device=device, batch_size=batch_size, local_files_only=local_files_only, clip=clip
+        )
     except ModelError as exc:
         if "/" in spec:
             raise

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from catalens.embedders.base import BatchedImageEmbedder, Vectors, l2_normalize
-from catalens.embedders.onnx_card import file_digest
+from catalens.embedders.onnx_card import weights_revision
 from catalens.embedders.preprocess import Preprocessing, interpolation_name
 from catalens.embedders.torch_device import resolve_device
 from catalens.errors import ModelError
@@ -32,7 +32,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 DEFAULT_CLIP: Final = "openai/clip-vit-base-patch32"
-WEIGHT_SUFFIXES: Final = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 def _image_processor_class() -> Any:
@@ -82,13 +81,6 @@ def preprocessing_from_processor(processor: Any) -> Preprocessing:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _local_revision(directory: Path) -> str:
-    weights = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
-    if not weights:
-        raise ModelError(f"{directory}: no weights file (*.safetensors, *.bin) in this directory")
-    return file_digest(*weights)
 
 
 def _features(output: Any) -> torch.Tensor:
@@ -156,7 +148,7 @@ class ClipEmbedder(BatchedImageEmbedder):
         self._max_tokens = int(config.text_config.max_position_embeddings)
         if local:
             name = Path(source).resolve().name
-            rev = _local_revision(Path(source))
+            rev = weights_revision(Path(source))
         else:
             name = source
             commit = getattr(config, "_commit_hash", None)

@@ -152,14 +152,14 @@ async function search({ file, text }) {
     const data = await api(searchPath(), { ...options, signal: controller.signal });
     if (inFlight !== controller) return;
     const results = Array.isArray(data) ? data : (data && data.results) || [];
-    renderResults(results);
+    renderResults(results, (data && data.query_id) || null);
     const took = data && typeof data.took_ms === "number" ? data.took_ms : performance.now() - started;
     statusLine.textContent = results.length
       ? `${results.length} ${results.length === 1 ? "match" : "matches"} in ${Math.round(took)} ms`
       : "No products matched.";
   } catch (err) {
     if (controller.signal.aborted) return;
-    renderResults([]);
+    renderResults([], null);
     resultsSection.hidden = true;
     statusLine.textContent = "";
     const prefix = err instanceof ApiError && err.status ? "Search failed:" : "Error:";
@@ -201,7 +201,91 @@ function placeholder(media, title) {
   media.dataset.initial = (title || "?").trim().charAt(0).toUpperCase();
 }
 
-function renderCard(hit) {
+const VERDICTS = {
+  match: (p) => `Match · ${Math.round(p * 100)}%`,
+  ambiguous: (p) => `Close call · ${Math.round(p * 100)}%`,
+  no_match: (p, rank) => (rank === 1 ? "Probably not in the catalog" : "Unlikely"),
+};
+
+function showVerdict(card, hit) {
+  const badge = card.querySelector(".verdict");
+  const text = VERDICTS[hit.verdict];
+  if (!text) return;
+  badge.textContent = text(Number(hit.probability) || 0, hit.rank);
+  badge.classList.add(hit.verdict);
+  badge.title = `Calibrated probability that this is the product: ${Number(hit.probability).toFixed(3)}`;
+  badge.hidden = false;
+}
+
+// -- feedback ----------------------------------------------------------------------------
+
+let toastTimer = null;
+
+function toast(message) {
+  const node = $("toast");
+  node.textContent = message;
+  node.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => {
+    node.hidden = true;
+  }, 4000);
+}
+
+async function sendFeedback(hit, queryId, verdict, productId) {
+  const name = hit.collection || select.value;
+  return api(`/v1/collections/${encodeURIComponent(name)}/feedback`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify({ query_id: queryId, verdict, product_id: productId }),
+  });
+}
+
+function wireFeedback(card, hit, results, queryId) {
+  const box = card.querySelector(".feedback");
+  if (!queryId) return; // words, or the server keeps no queries
+  box.hidden = false;
+  const yes = box.querySelector("[data-testid=feedback-yes]");
+  const no = box.querySelector("[data-testid=feedback-no]");
+  const form = box.querySelector("form");
+  const choice = box.querySelector("select");
+  const typed = box.querySelector("input");
+  const wrong = box.querySelector("[data-testid=feedback-wrong]");
+  const title = hit.title || hit.product_id;
+  choice.append(el("option", { value: "", text: "Pick the right product…" }));
+  for (const other of results) {
+    if (other.product_id === hit.product_id || (other.collection || "") !== (hit.collection || "")) continue;
+    choice.append(el("option", { value: other.product_id, text: other.title || other.product_id }));
+  }
+  const send = async (verdict, productId, message) => {
+    try {
+      await sendFeedback(hit, queryId, verdict, productId);
+      box.classList.add("done");
+      form.hidden = true;
+      toast(message);
+    } catch (err) {
+      showError(err.message, "Feedback failed:");
+    }
+  };
+  yes.addEventListener("click", () => send("correct", hit.product_id, `Thanks! Saved your photo as ${title}.`));
+  no.addEventListener("click", () => {
+    form.hidden = !form.hidden;
+    no.setAttribute("aria-expanded", String(!form.hidden));
+    if (!form.hidden) choice.focus();
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const productId = typed.value.trim() || choice.value;
+    if (!productId) {
+      send("wrong", hit.product_id, `Thanks! Noted that it is not ${title}.`);
+      return;
+    }
+    const name = choice.selectedOptions[0] && choice.value === productId ? choice.selectedOptions[0].textContent : productId;
+    send("actually", productId, `Thanks! Saved your photo as ${name}.`);
+  });
+  wrong.addEventListener("click", () => send("wrong", hit.product_id, `Thanks! Noted that it is not ${title}.`));
+}
+
+function renderCard(hit, results, queryId) {
   const card = template.content.firstElementChild.cloneNode(true);
   const title = hit.title || hit.product_id || "Untitled";
   card.dataset.productId = hit.product_id ?? "";
@@ -237,12 +321,14 @@ function renderCard(hit) {
   value.textContent = `${pct.toFixed(1)}%`;
   value.title = `cosine similarity ${score.toFixed(4)}`;
   card.querySelector(".score").setAttribute("aria-label", `Similarity ${pct.toFixed(1)} percent`);
-  card.classList.toggle("strong", pct >= 80);
+  card.classList.toggle("strong", hit.verdict ? hit.verdict === "match" : pct >= 80);
+  showVerdict(card, hit);
+  wireFeedback(card, hit, results, queryId);
   return card;
 }
 
-function renderResults(results) {
-  resultsList.replaceChildren(...results.map(renderCard));
+function renderResults(results, queryId) {
+  resultsList.replaceChildren(...results.map((hit) => renderCard(hit, results, queryId)));
   resultsSection.hidden = results.length === 0;
 }
 

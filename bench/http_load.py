@@ -1,0 +1,256 @@
+"""HTTP search under load: `catalens serve` on loopback, 1, 8 and 32 concurrent clients.
+
+Builds a small collection in a temporary CATALENS_HOME, starts ``catalens serve`` as a real
+subprocess on 127.0.0.1 (a free port), waits for ``/ready``, then for each concurrency level
+runs that many client threads (one ``httpx.Client`` each) posting query photos to
+``POST /v1/collections/bench/search`` (multipart upload, top_k 10) until the level's request
+budget or time limit is spent. Reports p50/p99 latency, requests/s and errors, then stops
+the server. Nothing leaves the loopback interface.
+
+The model is mobilenetv2-int8 from ../shared/models by default (the HTTP stack, decode and
+search dominate), or the random ViT-B/32 on ONNX Runtime fp32 with ``--model clip`` (the
+model dominates: each query embeds 3 zoom views).
+
+    python bench/http_load.py                   # mobilenet, 200 requests per level
+    python bench/http_load.py --model clip      # ViT-B/32 fp32 ONNX, 48 requests per level
+    python bench/http_load.py --quick           # 40 requests per level
+
+Prints a table and writes bench/results/http_load[_clip].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from _common import (
+    GROCERY,
+    MOBILENET,
+    RESULTS,
+    grocery_paths,
+    link_models,
+    percentile_ms,
+    print_table,
+    vit_b32,
+    write_results,
+)
+from catalens.collection import SourceConfig
+from catalens.embedders.onnx_export import sample_images
+from catalens.service import build_service
+from catalens.settings import Settings
+
+LEVELS = (1, 8, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def catalog_and_queries(root: Path, size: int, queries: int) -> tuple[Path, list[bytes]]:
+    """A CSV catalog of ``size`` images and ``queries`` JPEG query photos: grocery-dev when
+    ../shared is there, else generated images."""
+    rows: list[tuple[str, str, str]] = []
+    if (GROCERY / "manifest.csv").is_file():
+        paths = grocery_paths(size + queries)
+        catalog, photos = paths[:size], paths[size:]
+        rows = [(f"p{i}", p.stem, str(p)) for i, p in enumerate(catalog)]
+        query_bytes = [p.read_bytes() for p in photos]
+    else:
+        images = sample_images(size + queries, seed=7)
+        (root / "images").mkdir()
+        for i, image in enumerate(images[:size]):
+            image.save(root / "images" / f"{i}.jpg", quality=90)
+            rows.append((f"p{i}", f"product {i}", str(root / "images" / f"{i}.jpg")))
+        query_bytes = []
+        for image in images[size:]:
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=90)
+            query_bytes.append(buffer.getvalue())
+    path = root / "catalog.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "title", "image"])
+        writer.writerows(rows)
+    return path, query_bytes
+
+
+def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "catalens", "serve", "--host", "127.0.0.1", "--port"]
+    with log.open("wb") as handle:
+        server = subprocess.Popen(
+            [*command, str(port)], env=env, stdout=handle, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"catalens serve exited with {server.returncode}: see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_server(server)
+    raise SystemExit(f"catalens serve was not ready after 180 s: see {log}")
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=15)
+
+
+def load_level(
+    url: str, photos: list[bytes], clients: int, requests: int, seconds: float
+) -> dict[str, Any]:
+    """``clients`` threads share a budget of ``requests`` (and a time limit)."""
+    budget = iter(range(requests))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=120) as http:
+            while time.monotonic() < deadline:
+                with lock:
+                    number = next(budget, None)
+                if number is None:
+                    return
+                photo = photos[(index + number) % len(photos)]
+                started = time.perf_counter()
+                try:
+                    response = http.post(
+                        url,
+                        files={"image": ("query.jpg", photo, "image/jpeg")},
+                        data={"top_k": "10"},
+                    )
+                    ok = response.status_code == 200 and bool(response.json()["results"])
+                    error = None if ok else f"{response.status_code}: {response.text[:120]}"
+                except httpx.HTTPError as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                elapsed = time.perf_counter() - started
+                with lock:
+                    if error is None:
+                        latencies.append(elapsed)
+                    else:
+                        errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "seconds": round(wall, 2),
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "p50_ms": percentile_ms(latencies, 50) if latencies else None,
+        "p99_ms": percentile_ms(latencies, 99) if latencies else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["mobilenet", "clip"], default="mobilenet")
+    parser.add_argument("--requests", type=int, help="requests per concurrency level")
+    parser.add_argument("--seconds", type=float, default=120, help="time limit per level")
+    parser.add_argument("--catalog", type=int, default=200, help="images in the collection")
+    parser.add_argument("--quick", action="store_true", help="40 requests per level")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    requests = args.requests or (40 if args.quick else 200 if args.model == "mobilenet" else 48)
+    if args.model == "mobilenet" and not (MOBILENET / "model.json").is_file():
+        print(f"mobilenetv2-int8 is not at {MOBILENET}: using --model clip", file=sys.stderr)
+        args.model = "clip"
+    out = args.out or RESULTS / (
+        "http_load.json" if args.model == "mobilenet" else "http_load_clip.json"
+    )
+
+    root = Path(tempfile.mkdtemp(prefix="catalens-http-bench-"))
+    home = root / "home"
+    spec = str(MOBILENET) if args.model == "mobilenet" else str(vit_b32())
+    link_models(home)
+    catalog, photos = catalog_and_queries(root, args.catalog, 24)
+    settings = {
+        "CATALENS_HOME": str(home),
+        "CATALENS_MODEL": spec,
+        "CATALENS_CLIP_RUNTIME": "onnx",
+        "CATALENS_ONNX_AUTO_EXPORT": "false",
+        "CATALENS_DEVICE": "cpu",
+    }
+    service = build_service(Settings(home=home, model=spec, clip_runtime="onnx", device="cpu"))
+    report = service.ingest("bench", SourceConfig(location=str(catalog)))
+    service.close()
+    print(f"collection: {report.images_embedded} images embedded", flush=True)
+
+    port = free_port()
+    env = {**os.environ, **settings}
+    # A terminated benchmark still stops its server (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    server = start_server(env, port, root / "server.log")
+    url = f"http://127.0.0.1:{port}/v1/collections/bench/search"
+    try:
+        load_level(url, photos, 1, 3, args.seconds)  # warm up
+        levels = []
+        for clients in LEVELS:
+            level = load_level(url, photos, clients, requests, args.seconds)
+            levels.append(level)
+            print(f"{clients} clients: {level}", flush=True)
+    finally:
+        stop_server(server)
+
+    print()
+    print_table(
+        ["clients", "requests", "errors", "p50 (ms)", "p99 (ms)", "requests/s"],
+        [
+            [
+                lv["clients"],
+                lv["requests"],
+                lv["errors"],
+                lv["p50_ms"],
+                lv["p99_ms"],
+                lv["requests_per_s"],
+            ]
+            for lv in levels
+        ],
+    )
+    command = "python bench/http_load.py" + (" --model clip" if args.model == "clip" else "")
+    write_results(
+        out.stem,
+        {
+            "command": command + (" --quick" if args.quick else ""),
+            "model": args.model,
+            "catalog_images": report.images_embedded,
+            "requests_per_level": requests,
+            "levels": levels,
+        },
+        out,
+    )
+
+
+if __name__ == "__main__":
+    main()

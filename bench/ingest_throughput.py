@@ -1,0 +1,200 @@
+"""End-to-end ingest throughput on grocery-dev images, decode included, against the seeds.
+
+- the seeds' approach: a loop over batches of 32 paths: ``PIL.Image.open(...).convert("RGB")``
+  for each, ``CLIPProcessor(images=..., return_tensors="pt")``, ``get_image_features`` in
+  PyTorch eager, one batch after the other, no parallel decode;
+- catalens: ``service.ingest`` of a CSV catalog naming the same files (hashing, decode and
+  preprocessing in the load pool, embedding in batches, ledger and FAISS writes), with
+  ViT-B/32 on ONNX Runtime fp32 and int8, and on torch for reference.
+
+Every configuration runs in the same process, one after the other, on the same images;
+with --rounds > 1 they take turns and the median counts. Models are loaded before the clock
+starts. The catalens runs also record how much of the wall time the model was busy
+(``model_busy``): close to 1.0 means decoding ran in parallel with inference.
+
+    python bench/ingest_throughput.py            # 480 images, 1 round
+    python bench/ingest_throughput.py --quick    # 96 images
+
+Needs ../shared/datasets/grocery-dev (skipped with a message otherwise). Prints a table and
+writes bench/results/ingest_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+
+from _common import (
+    GROCERY,
+    RESULTS,
+    grocery_paths,
+    link_models,
+    median,
+    print_table,
+    vit_b32,
+    write_results,
+)
+from catalens.collection import SourceConfig
+from catalens.embedders import l2_normalize
+from catalens.service import build_service
+from catalens.settings import Settings
+
+SEEDS_BATCH = 32
+
+
+def seeds_ingest(directory: Path) -> Callable[[list[Path]], dict[str, float]]:
+    model = transformers.CLIPModel.from_pretrained(directory).eval()
+    processor = transformers.CLIPProcessor.from_pretrained(directory)
+
+    def run(paths: list[Path]) -> dict[str, float]:
+        vectors = []
+        for start in range(0, len(paths), SEEDS_BATCH):
+            images = [
+                Image.open(path).convert("RGB") for path in paths[start : start + SEEDS_BATCH]
+            ]
+            with torch.no_grad():
+                inputs = processor(images=images, return_tensors="pt")
+                features = model.get_image_features(**inputs)
+            if not isinstance(features, torch.Tensor):  # transformers 5: a ModelOutput
+                features = features.pooler_output
+            vectors.append(l2_normalize(features.numpy()))
+        np.concatenate(vectors)
+        return {}
+
+    return run
+
+
+def catalens_ingest(
+    spec: str, runtime: str, root: Path
+) -> Callable[[list[Path]], dict[str, float]]:
+    """A fresh CATALENS_HOME per run (so nothing is reused), the model loaded once."""
+    settings_args: dict[str, Any] = {
+        "model": spec,
+        "clip_runtime": runtime,
+        "onnx_auto_export": False,
+        "device": "cpu",
+    }
+    warm = build_service(Settings(home=_home(root), **settings_args))
+    embedder = warm.embedder(spec)
+    busy: list[float] = []
+    embed_pixels = embedder.embed_pixels
+
+    def timed_embed(batch: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return embed_pixels(batch)
+        finally:
+            busy.append(time.perf_counter() - started)
+
+    embedder.embed_pixels = timed_embed  # type: ignore[method-assign]
+
+    def run(paths: list[Path]) -> dict[str, float]:
+        home = _home(root)
+        catalog = home / "catalog.csv"
+        with catalog.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "title", "image"])
+            writer.writerows([f"p{i}", path.stem, str(path)] for i, path in enumerate(paths))
+        service = build_service(Settings(home=home, **settings_args))
+        service._embedders[spec] = embedder  # the warm model: loading is not ingesting
+        busy.clear()
+        started = time.perf_counter()
+        report = service.ingest("bench", SourceConfig(location=str(catalog)))
+        wall = time.perf_counter() - started
+        service.close()
+        if report.images_embedded != len(paths) or report.failed:
+            raise SystemExit(f"ingest embedded {report.images_embedded}/{len(paths)}: {report}")
+        return {"model_busy": round(sum(busy) / wall, 3)}
+
+    return run
+
+
+_homes = iter(range(1_000_000))
+
+
+def _home(root: Path) -> Path:
+    home = root / f"home-{next(_homes)}"
+    link_models(home)
+    return home
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=480)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--no-torch", action="store_true", help="skip catalens on torch")
+    parser.add_argument("--quick", action="store_true", help="96 images")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ingest_throughput.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.images = 96
+    if not (GROCERY / "manifest.csv").is_file():
+        print(f"skipped: grocery-dev is not at {GROCERY} (needs ../shared)", file=sys.stderr)
+        return
+
+    directory = vit_b32()
+    paths = grocery_paths(args.images)
+    root = Path(tempfile.mkdtemp(prefix="catalens-ingest-bench-"))
+    configs = {
+        "seeds: PIL + CLIPProcessor + CLIPModel eager, batch 32": seeds_ingest(directory),
+        "catalens ONNX fp32": catalens_ingest(str(directory), "onnx", root),
+        "catalens ONNX int8": catalens_ingest(f"{directory}:int8", "onnx", root),
+    }
+    if not args.no_torch:
+        configs["catalens torch"] = catalens_ingest(str(directory), "torch", root)
+    for run in configs.values():  # warm up: first calls allocate
+        run(paths[:8])
+
+    seconds: dict[str, list[float]] = {name: [] for name in configs}
+    extra: dict[str, dict[str, float]] = {}
+    for round_ in range(args.rounds):
+        for name, run in configs.items():
+            started = time.perf_counter()
+            extra[name] = run(paths)
+            seconds[name].append(time.perf_counter() - started)
+            rate = len(paths) / seconds[name][-1]
+            print(f"round {round_ + 1}: {name}: {rate:.1f} images/s {extra[name]}", flush=True)
+
+    seeds = len(paths) / median(seconds["seeds: PIL + CLIPProcessor + CLIPModel eager, batch 32"])
+    rows, results = [], []
+    for name in configs:
+        rate = len(paths) / median(seconds[name])
+        busy = extra[name].get("model_busy")
+        rows.append([name, round(median(seconds[name]), 1), round(rate, 1), f"{rate / seeds:.2f}x"])
+        rows[-1].append("-" if busy is None else f"{busy:.2f}")
+        results.append(
+            {
+                "config": name,
+                "seconds": [round(s, 2) for s in seconds[name]],
+                "images_per_s": round(rate, 2),
+                "vs_seeds": round(rate / seeds, 2),
+                **extra[name],
+            }
+        )
+    print()
+    print_table(["configuration", "seconds", "images/s", "vs seeds", "model busy"], rows)
+    write_results(
+        "ingest_throughput",
+        {
+            "command": "python bench/ingest_throughput.py" + (" --quick" if args.quick else ""),
+            "images": len(paths),
+            "rounds": args.rounds,
+            "results": results,
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""In-process query latency: decode + embed + search through ``CatalensService.search``.
+
+A 100,000-image collection whose vectors are synthetic (``_common.mixture``, d=512) is
+written straight into the ledger and the FAISS store (HNSW, m=16, ef_construction=64,
+ef_search=128); products and images are real rows, so the search path is the real one
+(index search, product grouping, domain-centring re-rank once 8 queries were seen). The
+model is the random ViT-B/32 on ONNX Runtime fp32. Queries are real JPEG photos (grocery-dev
+``query`` images, else generated JPEGs) given as bytes, as an upload arrives.
+
+Two settings: the default 3 centre zoom views (one batched ``embed_pixels`` call of 3) and a
+single view (``query_zooms=(1.0,)``). The breakdown times each stage on its own. A last row
+decodes a 12-megapixel JPEG (a phone photo) with and without the JPEG ``draft`` mode that
+``decode_query`` uses.
+
+    python bench/query_latency.py               # 100k vectors, 40 queries per setting
+    python bench/query_latency.py --quick       # 20k vectors, 12 queries
+
+Prints a table and writes bench/results/query_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from _common import (
+    GROCERY,
+    RESULTS,
+    link_models,
+    median,
+    mixture,
+    percentile_ms,
+    print_table,
+    vit_b32,
+    write_results,
+)
+from catalens.collection import ChangeSet, ImageChange
+from catalens.embedders import Preprocessing
+from catalens.embedders.onnx_export import sample_images
+from catalens.quality import zoom_views
+from catalens.service import build_service
+from catalens.settings import Settings
+from catalens.types import Product
+
+
+def query_photos(count: int) -> list[bytes]:
+    if (GROCERY / "manifest.csv").is_file():
+        paths = sorted((GROCERY / "images" / "val").rglob("*.jpg"))
+        return [p.read_bytes() for p in paths[:: max(1, len(paths) // count)][:count]]
+    photos = []
+    for image in sample_images(count, seed=11):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def fill(collection: Any, n: int, dim: int) -> float:
+    """``n`` synthetic images (one per product) straight into the ledger and the store."""
+    rng = np.random.default_rng(0)
+    vectors = mixture(n, dim, rng, rng.standard_normal((1000, dim)))
+    started = time.perf_counter()
+    changes = ChangeSet()
+    for start in range(0, n, 20_000):
+        hashes = [f"{i:064x}" for i in range(start, min(n, start + 20_000))]
+        collection.ledger.save_vectors(hashes, vectors[start : start + 20_000])
+    for i in range(n):
+        ref = f"synthetic/{i}.jpg"
+        changes.products.append(Product(id=f"p{i}", title=f"product {i}", images=(ref,)))
+        changes.images.append(ImageChange(f"p{i}", ref, 0, f"{i:064x}", "ok"))
+    collection.apply(changes)
+    return time.perf_counter() - started
+
+
+def timings(fn: Any, photos: list[bytes], rounds: int) -> list[float]:
+    seconds = []
+    for _ in range(rounds):
+        for photo in photos:
+            started = time.perf_counter()
+            fn(photo)
+            seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def measure(
+    service: Any,
+    collection: Any,
+    photos: list[bytes],
+    label: str,
+    zooms: tuple[float, ...],
+    rounds: int,
+) -> dict[str, Any]:
+    """End-to-end ``service.search`` latency with ``zooms``, and each stage on its own."""
+    collection.config = replace(
+        collection.config, search=replace(collection.config.search, query_zooms=zooms)
+    )
+    embedder = service.embedder_for(collection)
+    draft = Preprocessing.from_card(embedder.identity.preprocessing).draft_size(zooms)
+    decoded = [service.decode_query(p, draft_size=draft) for p in photos]
+    vector = zoom_views(embedder, decoded[0], zooms)
+
+    def end_to_end(photo: bytes) -> None:
+        service.search("bench", image=photo, top_k=10)
+
+    for photo in photos[:5]:  # warm up (and pass the centring warm-up of 8 queries)
+        end_to_end(photo)
+        end_to_end(photo)
+    total = timings(end_to_end, photos, rounds)
+    stages = {
+        "decode": timings(lambda p: service.decode_query(p, draft_size=draft), photos, 1),
+        "embed": [_timed(partial(zoom_views, embedder, image, zooms)) for image in decoded],
+        "search": [_timed(lambda: collection.search(vector, top_k=10)) for _ in photos],
+    }
+    row = {
+        "setting": label,
+        "zooms": list(zooms),
+        "p50_ms": percentile_ms(total, 50),
+        "p99_ms": percentile_ms(total, 99),
+        **{f"{stage}_p50_ms": percentile_ms(values, 50) for stage, values in stages.items()},
+        "queries": len(total),
+    }
+    print(f"{label}: {row}", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="images in the collection")
+    parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="20k vectors, 12 queries")
+    parser.add_argument("--out", type=Path, default=RESULTS / "query_latency.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.queries = 20_000, 12
+
+    spec = str(vit_b32())
+    home = Path(tempfile.mkdtemp(prefix="catalens-query-bench-")) / "home"
+    link_models(home)
+    settings = Settings(
+        home=home,
+        model=spec,
+        clip_runtime="onnx",
+        onnx_auto_export=False,
+        device="cpu",
+        index="hnsw",
+        hnsw_m=16,
+        hnsw_ef_construction=64,
+        hnsw_ef_search=128,
+    )
+    service = build_service(settings)
+    collection = service.create_collection("bench")
+    embedder = service.embedder(spec)
+    built = fill(collection, args.n, embedder.identity.dim)
+    print(f"{args.n:,} vectors in the collection in {built:.0f}s", flush=True)
+    photos = query_photos(args.queries)
+
+    results = [
+        measure(service, collection, photos, label, zooms, args.rounds)
+        for label, zooms in (("3 zoom views (default)", (1.0, 1.25, 1.5625)), ("1 view", (1.0,)))
+    ]
+    rows = [
+        [
+            r["setting"],
+            r["p50_ms"],
+            r["p99_ms"],
+            r["decode_p50_ms"],
+            r["embed_p50_ms"],
+            r["search_p50_ms"],
+            "yes" if r["p50_ms"] <= 60 else "no",
+        ]
+        for r in results
+    ]
+    big = _phone_photo(photos[0])
+    full = [_timed(lambda: service.decode_query(big)) for _ in range(5)]
+    drafted = [_timed(lambda: service.decode_query(big, draft_size=(448, 448))) for _ in range(5)]
+    decode = {
+        "12mp_jpeg_decode_full_ms": round(median(full) * 1000, 1),
+        "12mp_jpeg_decode_draft_ms": round(median(drafted) * 1000, 1),
+    }
+    service.close()
+    print()
+    headers = ["query path", "p50 (ms)", "p99 (ms)", "decode p50", "embed p50", "search p50"]
+    print_table([*headers, "p50 <= 60 ms"], rows)
+    print(
+        f"\n12 MP JPEG decode: {decode['12mp_jpeg_decode_full_ms']} ms in full, "
+        f"{decode['12mp_jpeg_decode_draft_ms']} ms with draft"
+    )
+    write_results(
+        "query_latency",
+        {
+            "command": "python bench/query_latency.py" + (" --quick" if args.quick else ""),
+            "n": args.n,
+            "index": "hnsw m=16 ef_construction=64 ef_search=128",
+            "results": results,
+            "decode": decode,
+        },
+        args.out,
+    )
+
+
+def _timed(fn: Any) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _phone_photo(photo: bytes) -> bytes:
+    """A 4032x3024 JPEG made by upscaling a real query photo."""
+    image = Image.open(io.BytesIO(photo)).convert("RGB").resize((4032, 3024))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Calibrated answers: each result's probability of being the product in the photo, and a
+verdict, ``match``, ``ambiguous`` (several products close) or ``no_match`` (probably not in
+the catalog).
+
+Raw cosines mean different things per model and per catalog, so the mapping is fitted per
+collection, with no labels beyond what the collection holds:
+
+- **Held-out views.** One view of a product is taken out and used as the query against the
+  rest (leave-one-view-out): the product's remaining views should win, which gives positive
+  and negative candidates. The same query with its whole product left out is a query for a
+  product that is not in the catalog (leave-product-out): every candidate is a negative.
+- **Confirmed feedback.** Confirmed shopper photos are such views, and their held-out query
+  is the vector the shopper's search used: the most faithful samples there are. Once a
+  collection has ``MIN_CONFIRMED`` of them, only they are used (catalog images as queries
+  score in another range than photos).
+
+A logistic regression on four features of each of a query's top candidates (its score, its
+gap to the top score, its score standardised over the top ``STATS_DEPTH`` scores, and its
+margin over the next candidate) gives the probability. ``match`` needs a probability of at
+least ``match_probability``: 0.5, raised until at most ``target_fpr`` of the left-out-product
+queries would be a match; ``ambiguous`` needs ``ambiguous_probability``.
+
+A collection with no product of two views and no confirmed photo cannot be fitted: its hits
+carry no verdict. ``service`` refits after each sync and as confirmed feedback accrues; the
+fit is stored in the ledger's ``meta`` (key ``calibration``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from catalens.embedders.base import l2_normalize
+from catalens.ledger import Ledger
+from catalens.quality import SearchOptions
+
+META_KEY = "calibration"
+STATS_DEPTH = 10
+"""Scores are standardised over a query's top this many products."""
+CANDIDATES = 5
+"""Training candidates per held-out query."""
+MIN_CONFIRMED = 20
+MIN_SAMPLES = 5
+MAX_IMAGES = 200_000
+"""Larger collections are not calibrated (the fit holds every vector in memory)."""
+MATCH, AMBIGUOUS, NO_MATCH = "match", "ambiguous", "no_match"
+
+
+def features(scores: Sequence[float] | NDArray[np.float64]) -> NDArray[np.float64]:
+    """The (n, 4) features of the candidates whose product scores are ``scores`` (best
+    first): score, gap to the top, score standardised over the top ``STATS_DEPTH``, margin
+    over the next candidate."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0:
+        return np.zeros((0, 4))
+    top = s[:STATS_DEPTH]
+    spread = float(top.std()) if top.size > 1 else 0.0
+    z = (s - top.mean()) / max(spread, 1e-3)
+    nxt = np.append(s[1:], s[-1])
+    return np.column_stack([s, s[0] - s, z, s - nxt])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    weights: tuple[float, ...]
+    """Logistic regression weights of the four features, then the intercept."""
+    match_probability: float
+    ambiguous_probability: float
+    positives: int
+    negatives: int
+    queries: int
+    source: str
+    """``confirmed`` (shopper photos) or ``catalog`` (held-out catalog images)."""
+    confirmed_views: int
+    """Confirmed views in the collection when this was fitted."""
+    train_fpr: float
+    """Share of the left-out-product queries whose top candidate is a ``match``."""
+    fitted_at: float
+
+    def probabilities(self, scores: Sequence[float]) -> list[float]:
+        feats = features(scores)
+        w = np.asarray(self.weights, dtype=np.float64)
+        logits = feats @ w[:-1] + w[-1]
+        return [float(p) for p in 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))]
+
+    def verdicts(self, scores: Sequence[float]) -> list[tuple[str, float]]:
+        """(verdict, probability) for each of ``scores`` (a query's product scores, best
+        first: pass a few more than are shown, ``STATS_DEPTH`` at least)."""
+        result = []
+        for p in self.probabilities(scores):
+            if p >= self.match_probability:
+                verdict = MATCH
+            elif p >= self.ambiguous_probability:
+                verdict = AMBIGUOUS
+            else:
+                verdict = NO_MATCH
+            result.append((verdict, round(p, 4)))
+        return result
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, text: str | None) -> Calibration | None:
+        if not text:
+            return None
+        data = json.loads(text)
+        data["weights"] = tuple(float(w) for w in data["weights"])
+        return cls(**data)
+
+
+class NoCalibration:
+    """Stands in for a collection that could not be fitted: no verdicts."""
+
+    def verdicts(self, scores: Sequence[float]) -> list[tuple[str, float]]:
+        return []
+
+
+def fit(
+    ledger: Ledger,
+    *,
+    dim: int,
+    options: SearchOptions,
+    mean: NDArray[np.float32] | None,
+    view_queries: dict[int, NDArray[np.float32]],
+    max_queries: int = 400,
+    target_fpr: float = 0.05,
+    ambiguous_probability: float = 0.15,
+    seed: int = 0,
+) -> Calibration | None:
+    """Fit a calibration from the collection's views (see the module docstring); ``None``
+    when there is not enough to fit one. ``view_queries``: confirmed view id -> the query
+    vector its photo was searched with."""
+    ids, codes, vectors, confirmed = _load(ledger, dim)
+    if ids.size == 0 or ids.size > MAX_IMAGES:
+        return None
+    centred = vectors if mean is None else l2_normalize(vectors - mean)
+    counts = np.bincount(codes)
+    held = np.flatnonzero(confirmed) if confirmed.sum() >= MIN_CONFIRMED else np.array([], int)
+    source = "confirmed"
+    if held.size == 0:
+        held = np.flatnonzero(counts[codes] > 1)
+        source = "catalog"
+    if held.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    if held.size > max_queries:
+        held = np.sort(rng.choice(held, max_queries, replace=False))
+    sums = np.zeros((counts.size, dim), dtype=np.float64)
+    np.add.at(sums, codes, centred)
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    blend = options.aggregation == "blend" and options.blend_weight < 1.0
+    rows: list[NDArray[np.float64]] = []
+    labels: list[NDArray[np.float64]] = []
+    lpo_top: list[NDArray[np.float64]] = []
+    for row in held:
+        product = codes[row]
+        query = view_queries.get(int(ids[row]), vectors[row])
+        q = query if mean is None else l2_normalize((query - mean).reshape(1, -1))[0]
+        q = np.asarray(q, dtype=np.float64)
+        sims = centred @ q
+        sims[row] = -np.inf
+        scores = np.maximum.reduceat(sims, starts)
+        if blend:
+            others = sums.copy()
+            others[product] -= centred[row]
+            norms = np.linalg.norm(others, axis=1)
+            cos = (others @ q) / np.maximum(norms, 1e-12)
+            w = options.blend_weight
+            scores = np.where(np.isfinite(scores), w * scores + (1 - w) * cos, -np.inf)
+        if counts[product] > 1:
+            order = _top(scores, CANDIDATES)
+            rows.append(features(scores[_top(scores, STATS_DEPTH)])[: order.size])
+            labels.append((order == product).astype(np.float64))
+        scores[product] = -np.inf
+        order = _top(scores, STATS_DEPTH)
+        lpo = features(scores[order])
+        rows.append(lpo[:CANDIDATES])
+        labels.append(np.zeros(min(CANDIDATES, order.size)))
+        lpo_top.append(lpo[:1])
+    x = np.vstack(rows)
+    y = np.concatenate(labels)
+    positives = int(y.sum())
+    if positives < MIN_SAMPLES or y.size - positives < MIN_SAMPLES:
+        return None
+    weights = _logistic(x, y)
+    negatives_top = _predict(weights, np.vstack(lpo_top))
+    threshold = max(0.5, float(np.quantile(negatives_top, 1.0 - target_fpr)) + 1e-6)
+    threshold = min(threshold, 0.999)
+    return Calibration(
+        weights=tuple(float(w) for w in weights),
+        match_probability=round(threshold, 6),
+        ambiguous_probability=ambiguous_probability,
+        positives=positives,
+        negatives=int(y.size - positives),
+        queries=int(held.size),
+        source=source,
+        confirmed_views=int(confirmed.sum()),
+        train_fpr=float((negatives_top >= threshold).mean()),
+        fitted_at=time.time(),
+    )
+
+
+def _load(
+    ledger: Ledger, dim: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]:
+    """Every searchable view, grouped by product: (image ids, product codes, vectors,
+    whether each is a confirmed photo)."""
+    rows = ledger.query(
+        "SELECT image_id, product_id, content_hash, origin FROM images WHERE status = 'ok' "
+        "AND content_hash IS NOT NULL ORDER BY product_id, image_id"
+    )
+    if not rows or len(rows) > MAX_IMAGES:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros((0, dim), np.float32), np.zeros(0, bool)
+    ids = np.array([int(r[0]) for r in rows], dtype=np.int64)
+    _, codes = np.unique([str(r[1]) for r in rows], return_inverse=True)
+    vectors = ledger.vectors_for([str(r[2]) for r in rows], dim)
+    confirmed = np.array([r[3] == "confirmed" for r in rows], dtype=bool)
+    return ids, codes.astype(np.int64), vectors, confirmed
+
+
+def _top(scores: NDArray[np.float64], n: int) -> NDArray[np.int64]:
+    finite = np.flatnonzero(np.isfinite(scores))
+    order = finite[np.argsort(-scores[finite], kind="stable")]
+    return order[:n]
+
+
+def _logistic(
+    x: NDArray[np.float64], y: NDArray[np.float64], l2: float = 1e-2, steps: int = 50
+) -> NDArray[np.float64]:
+    """L2-regularised logistic regression by Newton's method; weights then intercept."""
+    design = np.hstack([x, np.ones((x.shape[0], 1))])
+    w = np.zeros(design.shape[1])
+    ridge = l2 * np.eye(w.size)
+    ridge[-1, -1] = 0.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(design @ w, -50, 50)))
+        gradient = design.T @ (p - y) + ridge @ w
+        hessian = (design.T * (p * (1 - p))) @ design + ridge + 1e-9 * np.eye(w.size)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return w
+
+
+def _predict(weights: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]:
+    logits = x @ weights[:-1] + weights[-1]
+    result: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
+    return result

@@ -1,0 +1,282 @@
+"""CLIP on ONNX Runtime, from an export made by ``onnx_export`` (``catalens models export``).
+
+``load_clip`` picks the runtime for a CLIP model spec:
+
+    runtime  device     export there    export missing
+    torch    any        torch           torch
+    auto     cuda       torch           torch
+    auto     cpu        onnx            export it (onnx_auto_export), else torch
+    onnx     any        onnx            export it (onnx_auto_export), else an error
+
+The fp32 export has the same ``ModelIdentity`` as the torch model (its vectors agree to
+about 1e-6), so one collection can be built with one runtime and searched with the other.
+The int8 variant (spec suffix ``:int8``) has the revision suffix ``+int8``: its vectors
+differ, so collections built with it are kept apart.
+
+This module needs neither torch nor the model directory once the export exists: the
+manifest carries the identity and the tokenizer is saved beside the ONNX files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from catalens.embedders.base import BatchedImageEmbedder, Embedder, Vectors, l2_normalize
+from catalens.embedders.onnx_card import open_session, weights_revision
+from catalens.embedders.onnx_export import (
+    INT8_SUFFIX,
+    export_clip,
+    export_dir,
+    has_variant,
+    read_manifest,
+)
+from catalens.embedders.preprocess import Preprocessing
+from catalens.errors import ModelError
+from catalens.types import ModelIdentity
+
+RUNTIMES: Final = ("auto", "onnx", "torch")
+VARIANT_SUFFIX: Final = ":int8"
+"""A model spec ending in this asks for the int8 export (``openai/clip-vit-base-patch32:int8``)."""
+
+log = logging.getLogger(__name__)
+
+
+class ClipOnnxEmbedder(BatchedImageEmbedder):
+    """CLIP image and text towers as two onnxruntime sessions; thread-safe.
+
+    The image session is opened (and warmed with one run) at load; the text session on the
+    first ``embed_texts``, so an ingest never pays for the text tower.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        manifest: Mapping[str, Any] | None = None,
+        variant: str = "fp32",
+        device: str = "auto",
+        batch_size: int = 32,
+        intra_op_threads: int | None = None,
+        tokenizer_dir: Path | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ModelError("batch_size must be >= 1")
+        manifest = manifest if manifest is not None else read_manifest(directory)
+        if manifest is None:
+            raise ModelError(f"{directory}: no ONNX export here (run `catalens models export`)")
+        files = manifest["files"].get(variant)
+        if files is None:
+            raise ModelError(
+                f"{directory}: the export has no {variant} variant "
+                f"(run `catalens models export MODEL --quantize {variant}`)"
+            )
+        identity = ModelIdentity.from_dict(manifest["identity"])
+        if variant != "fp32":
+            identity = ModelIdentity(
+                name=identity.name,
+                revision=identity.revision + INT8_SUFFIX,
+                dim=identity.dim,
+                preprocessing=identity.preprocessing,
+                has_text_tower=identity.has_text_tower,
+            )
+        self._identity = identity
+        self._directory = directory
+        self._tokenizer_dir = tokenizer_dir or directory
+        self._files = dict(files)
+        self._batch_size = batch_size
+        self._max_tokens = int(manifest["max_tokens"])
+        self._preprocessing = Preprocessing.from_card(identity.preprocessing)
+        self._device_arg = device
+        self._threads = intra_op_threads
+        self._image = open_session(
+            directory / files["image"], device=device, intra_op_threads=intra_op_threads
+        )
+        self._device = "cuda" if self._image.get_providers()[0].startswith("CUDA") else "cpu"
+        self._text: Any = None
+        self._tokenizer: Any = None
+        self._text_lock = threading.Lock()
+        self._run_lock = threading.Lock()  # one run at a time: see open_session
+        # Warm up: the first run sizes the memory arena and finishes graph set-up.
+        self._embed_chunk(np.zeros((1, *self._preprocessing.input_shape), dtype=np.float32))
+
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    def _embed_chunk(self, chunk: NDArray[np.float32]) -> NDArray[np.float32]:
+        try:
+            with self._run_lock:
+                (out,) = self._image.run(None, {"pixel_values": chunk})
+        except Exception as exc:
+            raise ModelError(f"onnxruntime failed to run {self._identity.name}: {exc}") from exc
+        return np.asarray(out, dtype=np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> Vectors:
+        if isinstance(texts, str):
+            raise TypeError("embed_texts takes a sequence of strings, not one string")
+        if not texts:
+            return np.zeros((0, self._identity.dim), dtype=np.float32)
+        session, tokenizer = self._text_tower()
+        parts = []
+        for start in range(0, len(texts), self._batch_size):
+            tokens = tokenizer(
+                list(texts[start : start + self._batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self._max_tokens,
+                return_tensors="np",
+            )
+            feed = {
+                "input_ids": np.asarray(tokens["input_ids"], dtype=np.int64),
+                "attention_mask": np.asarray(tokens["attention_mask"], dtype=np.int64),
+            }
+            try:
+                with self._run_lock:
+                    (out,) = session.run(None, feed)
+            except Exception as exc:
+                raise ModelError(
+                    f"onnxruntime failed to run the text tower of {self._identity.name}: {exc}"
+                ) from exc
+            parts.append(np.asarray(out, dtype=np.float32))
+        return l2_normalize(np.concatenate(parts))
+
+    def _text_tower(self) -> tuple[Any, Any]:
+        with self._text_lock:
+            if self._text is None:
+                try:
+                    import transformers
+                except ImportError as exc:  # pragma: no cover - depends on the extras
+                    raise ModelError(
+                        "CLIP text search needs transformers (for the tokenizer): "
+                        "pip install 'catalens[clip]'"
+                    ) from exc
+                try:
+                    self._tokenizer = transformers.AutoTokenizer.from_pretrained(
+                        str(self._tokenizer_dir)
+                    )
+                except Exception as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    raise ModelError(
+                        f"{self._tokenizer_dir}: cannot load the exported tokenizer ({first})"
+                    ) from exc
+                self._text = open_session(
+                    self._directory / self._files["text"],
+                    device=self._device_arg,
+                    intra_op_threads=self._threads,
+                )
+            return self._text, self._tokenizer
+
+
+def split_variant(spec: str) -> tuple[str, str]:
+    """``"dir:int8"`` -> ``("dir", "int8")``; anything else -> ``(spec, "fp32")``."""
+    if spec.endswith(VARIANT_SUFFIX):
+        return spec[: -len(VARIANT_SUFFIX)], "int8"
+    return spec, "fp32"
+
+
+def locate(source: str, *, local_files_only: bool = True) -> tuple[str, str] | None:
+    """``(name, revision)`` of a CLIP model without loading it, as ``ClipEmbedder`` names
+    it: a directory by its folder name and weights digest, a hub id by the commit in the
+    local Hugging Face cache. ``None`` when that cannot be known without loading it."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.resolve().name, weights_revision(path)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers brings it
+        return None
+    try:
+        cached = try_to_load_from_cache(source, "config.json")
+    except Exception:
+        return None
+    if not isinstance(cached, str):
+        return None
+    return source, Path(cached).parent.name
+
+
+def _cuda_through_torch() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def load_clip(
+    spec: str,
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+    local_files_only: bool = False,
+    runtime: str = "auto",
+    auto_export: bool = False,
+    models_dir: Path | None = None,
+    intra_op_threads: int | None = None,
+) -> Embedder:
+    """The CLIP embedder for ``spec`` on the runtime the table in the module doc picks."""
+    if runtime not in RUNTIMES:
+        raise ModelError(f"unknown CLIP runtime {runtime!r}: use {', '.join(RUNTIMES)}")
+    source, variant = split_variant(spec)
+    if variant != "fp32" and runtime == "torch":
+        raise ModelError(f"{spec}: the {variant} variant runs on ONNX Runtime, not torch")
+    on_gpu = device.startswith("cuda") or (device == "auto" and _cuda_through_torch())
+    if variant == "fp32" and (
+        runtime == "torch" or models_dir is None or (runtime == "auto" and on_gpu)
+    ):
+        return _torch_clip(source, device, batch_size, local_files_only)
+    if models_dir is None:
+        raise ModelError(f"{spec}: ONNX exports need a models folder (CATALENS_HOME)")
+    located = locate(source, local_files_only=local_files_only)
+    if located is not None:
+        directory = export_dir(models_dir, *located)
+        if has_variant(directory, variant):
+            return ClipOnnxEmbedder(
+                directory,
+                variant=variant,
+                device=device,
+                batch_size=batch_size,
+                intra_op_threads=intra_op_threads,
+            )
+    if not auto_export:
+        if runtime == "auto" and variant == "fp32":
+            return _torch_clip(source, device, batch_size, local_files_only)
+        quantize = " --quantize int8" if variant == "int8" else ""
+        raise ModelError(
+            f"no ONNX export of {source}: run `catalens models export {source}{quantize}` "
+            "or set CATALENS_ONNX_AUTO_EXPORT=true"
+        )
+    try:
+        result = export_clip(
+            source,
+            models_dir=models_dir,
+            quantize="int8" if variant == "int8" else None,
+            local_files_only=local_files_only,
+        )
+    except ModelError as exc:
+        if runtime != "auto" or variant != "fp32":
+            raise
+        log.warning("ONNX export of %s failed, running it on torch: %s", source, exc)
+        return _torch_clip(source, device, batch_size, local_files_only)
+    return ClipOnnxEmbedder(
+        result.directory,
+        variant=variant,
+        device=device,
+        batch_size=batch_size,
+        intra_op_threads=intra_op_threads,
+    )
+
+
+def _torch_clip(source: str, device: str, batch_size: int, local_files_only: bool) -> Embedder:
+    from catalens.embedders.clip import ClipEmbedder
+
+    return ClipEmbedder(
+        source, device=device, batch_size=batch_size, local_files_only=local_files_only
+    )

@@ -1,0 +1,145 @@
+"""From image matches to product scores: a product's views aggregated, hard negatives applied.
+
+``Collection.search`` gets image-level matches from the vector store (re-scored by domain
+centering when it is on) and hands them here:
+
+- **Aggregation** (``SearchOptions.aggregation``). ``max`` scores a product by its best view.
+  ``blend`` mixes that with the cosine between the query and the centroid of all the
+  product's views: ``w * best + (1 - w) * cos(q, centroid)``. A product with one view scores
+  the same either way; one with several catalog images or confirmed shopper photos is
+  judged by all of them, so one lucky view of the wrong product counts for less.
+- **Hard negatives** (``wrong`` feedback, see ``views.py``). A product is penalised by how
+  similar the query is to the queries it was wrongly matched to: nothing below
+  ``negative_similarity``, up to ``negative_penalty`` for the same photo again.
+
+Both need the vectors of a product's other views and its negatives; ``ViewCache`` keeps
+which products have several views and every negative in memory, reloaded when the ledger
+changed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from catalens.embedders.base import l2_normalize
+from catalens.ledger import Ledger
+from catalens.quality import SearchOptions
+from catalens.types import ImageMatch
+
+ProductScores = dict[str, tuple[float, int]]
+"""product id -> (score, the image id of its best view)."""
+
+
+class ViewCache:
+    """Per-collection facts the scoring needs, reloaded when the ledger changed."""
+
+    def __init__(self, ledger: Ledger, dim: int) -> None:
+        self._ledger = ledger
+        self._dim = dim
+        self._lock = threading.Lock()
+        self._key: tuple[int, ...] | None = None
+        self._multi: frozenset[str] = frozenset()
+        self._negatives: dict[str, NDArray[np.float32]] = {}
+
+    def _version(self) -> tuple[int, ...]:
+        (row,) = self._ledger.query(
+            "SELECT (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), "
+            "(SELECT COALESCE(MAX(negative_id), 0) FROM negatives), "
+            "(SELECT COUNT(*) FROM negatives)"
+        )
+        return tuple(int(v or 0) for v in row)
+
+    def _refresh(self) -> None:
+        version = self._version()
+        with self._lock:
+            if version == self._key:
+                return
+            multi = self._ledger.query(
+                "SELECT product_id FROM images WHERE status = 'ok' "
+                "GROUP BY product_id HAVING COUNT(*) > 1"
+            )
+            negatives: dict[str, list[NDArray[np.float32]]] = {}
+            for product_id, blob in self._ledger.query(
+                "SELECT product_id, vector FROM negatives ORDER BY negative_id"
+            ):
+                vector = np.frombuffer(blob, dtype=np.float32)
+                if vector.size == self._dim:
+                    negatives.setdefault(str(product_id), []).append(vector)
+            self._multi = frozenset(str(r[0]) for r in multi)
+            self._negatives = {pid: np.vstack(vs) for pid, vs in negatives.items()}
+            self._key = version
+
+    def multi_view(self) -> frozenset[str]:
+        """Products with more than one searchable view."""
+        self._refresh()
+        return self._multi
+
+    def negatives(self) -> dict[str, NDArray[np.float32]]:
+        """product id -> the (n, d) query vectors it was wrongly matched to."""
+        self._refresh()
+        return self._negatives
+
+    def views_of(self, product_ids: Iterable[str]) -> dict[str, NDArray[np.float32]]:
+        return self._ledger.vectors_by_product(product_ids, self._dim)
+
+
+def best_views(matches: Iterable[ImageMatch]) -> ProductScores:
+    """Each product's best match (``matches`` are sorted best first)."""
+    best: ProductScores = {}
+    for match in matches:
+        if match.product_id not in best:
+            best[match.product_id] = (match.score, match.image_id)
+    return best
+
+
+def score_products(
+    query: NDArray[np.float32],
+    matches: list[ImageMatch],
+    *,
+    options: SearchOptions,
+    views: ViewCache,
+    mean: NDArray[np.float32] | None = None,
+    cosine: bool = True,
+) -> ProductScores:
+    """Product scores from image matches (sorted best first), in the space the matches were
+    scored in: centred on ``mean`` when it is given."""
+    best = best_views(matches)
+    if not cosine or not best:
+        return best  # aggregation and penalties are defined on cosines
+    q = query if mean is None else l2_normalize((query - mean).reshape(1, -1))[0]
+    if options.aggregation == "blend" and options.blend_weight < 1.0:
+        multi = views.multi_view()
+        candidates = [pid for pid in best if pid in multi]
+        weight = options.blend_weight
+        for pid, matrix in views.views_of(candidates).items():
+            centred = matrix if mean is None else matrix - mean
+            centroid = l2_normalize(l2_normalize(centred).sum(axis=0, keepdims=True))[0]
+            score, image_id = best[pid]
+            best[pid] = (weight * score + (1.0 - weight) * float(centroid @ q), image_id)
+    if options.negative_penalty > 0:
+        negatives = views.negatives()
+        for pid in [p for p in best if p in negatives]:
+            penalty = negative_penalty(q, negatives[pid], options, mean)
+            if penalty:
+                score, image_id = best[pid]
+                best[pid] = (score - penalty, image_id)
+    return best
+
+
+def negative_penalty(
+    query: NDArray[np.float32],
+    negatives: NDArray[np.float32],
+    options: SearchOptions,
+    mean: NDArray[np.float32] | None = None,
+) -> float:
+    """How much a product loses for ``query`` (already centred) given its wrong queries."""
+    centred = negatives if mean is None else negatives - mean
+    similarity = float((l2_normalize(centred) @ query).max())
+    floor = min(options.negative_similarity, 0.999)
+    if similarity <= floor:
+        return 0.0
+    return options.negative_penalty * min(1.0, (similarity - floor) / (1.0 - floor))

@@ -1,0 +1,115 @@
+"""Calibrated verdicts fitted from held-out views, on hand-made clusters of vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalens.calibration import MATCH, NO_MATCH, Calibration, features, fit
+from catalens.embedders.base import l2_normalize
+from catalens.ledger import Ledger
+from catalens.quality import SearchOptions
+from catalens.types import Product
+
+DIM = 16
+NOISE = 0.1
+
+
+def _clusters(tmp_path: Path, products: int, views: int, *, seed: int = 0) -> np.ndarray:
+    """A ledger of ``products`` products with ``views`` noisy views around a centre each;
+    returns the centres (one product in the catalog per centre, plus 10 not in it)."""
+    rng = np.random.default_rng(seed)
+    centres = l2_normalize(rng.normal(size=(products + 10, DIM)))
+    ledger = Ledger(tmp_path / "l.sqlite")
+    with ledger.transaction() as db:
+        for p in range(products):
+            Ledger.write_product(db, Product(f"p{p}", f"p{p}", ()))
+            for v in range(views):
+                vector = l2_normalize((centres[p] + NOISE * rng.normal(size=DIM))[None])[0]
+                digest = f"h{p}-{v}"
+                db.execute(
+                    "INSERT INTO images (product_id, ref, position, content_hash, status, "
+                    "updated_at) VALUES (?, ?, ?, ?, 'ok', 0)",
+                    (f"p{p}", digest, v, digest),
+                )
+                db.execute("INSERT INTO vectors VALUES (?, ?)", (digest, vector.tobytes()))
+    ledger.close()
+    return centres
+
+
+MAX = SearchOptions(aggregation="max")
+
+
+def _fit(tmp_path: Path) -> Calibration | None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    try:
+        return fit(ledger, dim=DIM, options=MAX, mean=None, view_queries={})
+    finally:
+        ledger.close()
+
+
+def _verdicts(
+    tmp_path: Path, calibration: Calibration, centre: np.ndarray, rng: np.random.Generator
+) -> list[tuple[str, float]]:
+    """The verdicts on a noisy query around ``centre``, its products scored by best view."""
+    query = l2_normalize((centre + NOISE * rng.normal(size=DIM))[None])[0]
+    ledger = Ledger(tmp_path / "l.sqlite")
+    vectors = ledger.vectors_by_product(ledger.product_ids(), DIM)
+    ledger.close()
+    scores = sorted((float((v @ query).max()) for v in vectors.values()), reverse=True)
+    return calibration.verdicts(scores[:11])
+
+
+def test_features_by_hand() -> None:
+    f = features([0.9, 0.5, 0.4])
+    np.testing.assert_allclose(f[:, 0], [0.9, 0.5, 0.4])
+    np.testing.assert_allclose(f[:, 1], [0.0, 0.4, 0.5])
+    np.testing.assert_allclose(f[:, 3], [0.4, 0.1, 0.0])
+    top = np.array([0.9, 0.5, 0.4])
+    np.testing.assert_allclose(f[:, 2], (top - top.mean()) / top.std())
+
+
+def test_held_out_views_give_verdicts_that_separate_in_and_out(tmp_path: Path) -> None:
+    centres = _clusters(tmp_path, products=40, views=3)
+    calibration = _fit(tmp_path)
+    assert calibration is not None
+    assert calibration.source == "catalog"
+    assert calibration.positives >= 5 and calibration.negatives >= 5
+    assert 0.5 <= calibration.match_probability < 1.0
+    assert calibration.train_fpr <= 0.06
+    rng = np.random.default_rng(1)
+    inside = [_verdicts(tmp_path, calibration, centres[p], rng)[0][0] for p in range(40)]
+    outside = [_verdicts(tmp_path, calibration, centres[40 + p], rng)[0][0] for p in range(10)]
+    assert inside.count(MATCH) >= 20
+    assert outside.count(MATCH) <= 2
+    assert outside.count(NO_MATCH) + outside.count("ambiguous") >= 8
+
+
+def test_only_the_top_result_can_be_a_match(tmp_path: Path) -> None:
+    centres = _clusters(tmp_path, products=30, views=2)
+    calibration = _fit(tmp_path)
+    assert calibration is not None
+    rng = np.random.default_rng(2)
+    for p in range(10):
+        verdicts = _verdicts(tmp_path, calibration, centres[p], rng)
+        assert all(v != MATCH for v, _ in verdicts[1:])
+        assert verdicts[0][1] >= max(prob for _, prob in verdicts[1:])
+
+
+def test_round_trip_and_no_fit_without_held_out_views(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    _clusters(tmp_path / "a", products=20, views=2)
+    calibration = _fit(tmp_path / "a")
+    assert calibration is not None
+    assert Calibration.loads(calibration.dumps()) == calibration
+    assert Calibration.loads("") is None
+    (tmp_path / "b").mkdir()
+    _clusters(tmp_path / "b", products=20, views=1)  # one view each: nothing to hold out
+    assert _fit(tmp_path / "b") is None
+
+
+@pytest.mark.parametrize("scores", [[], [0.5]])
+def test_degenerate_score_lists(scores: list[float]) -> None:
+    assert features(scores).shape == (len(scores), 4)
