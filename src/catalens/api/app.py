@@ -99,6 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["*"],
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Build every response schema now, in one thread: pydantic builds dataclass schemas
+    # lazily, and two first requests racing on one of them fail (seen once in CI).
+    app.openapi()
     return app
 
 
