@@ -24,6 +24,7 @@ import argparse
 import csv
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -222,6 +223,7 @@ def main() -> None:
             print(f"{clients} clients: {level}", flush=True)
     finally:
         stop_server(server)
+    shutil.rmtree(root, ignore_errors=True)  # kept when something failed: it holds the log
 
     print()
     print_table(

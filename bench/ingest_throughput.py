@@ -22,7 +22,9 @@ writes bench/results/ingest_throughput.json.
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
+import shutil
 import sys
 import tempfile
 import time
@@ -146,6 +148,7 @@ def main() -> None:
     directory = vit_b32()
     paths = grocery_paths(args.images)
     root = Path(tempfile.mkdtemp(prefix="catalens-ingest-bench-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     configs = {
         "seeds: PIL + CLIPProcessor + CLIPModel eager, batch 32": seeds_ingest(directory),
         "catalens ONNX fp32": catalens_ingest(str(directory), "onnx", root),

@@ -21,7 +21,9 @@ Prints a table and writes bench/results/query_latency.json.
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -144,7 +146,9 @@ def main() -> None:
         args.n, args.queries = 20_000, 12
 
     spec = str(vit_b32())
-    home = Path(tempfile.mkdtemp(prefix="catalens-query-bench-")) / "home"
+    scratch = Path(tempfile.mkdtemp(prefix="catalens-query-bench-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    home = scratch / "home"
     link_models(home)
     settings = Settings(
         home=home,
