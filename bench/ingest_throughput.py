@@ -1,8 +1,9 @@
 """End-to-end ingest throughput on grocery-dev images, decode included, against the seeds.
 
-- the seeds' approach: a loop over batches of 32 paths: ``PIL.Image.open(...).convert("RGB")``
-  for each, ``CLIPProcessor(images=..., return_tensors="pt")``, ``get_image_features`` in
-  PyTorch eager, one batch after the other, no parallel decode;
+- the seeds' approach: a loop over the paths: ``PIL.Image.open(...).convert("RGB")``,
+  ``CLIPProcessor(images=..., return_tensors="pt")``, ``get_image_features`` in PyTorch
+  eager, no parallel decode; one image per call (as the issue describes the seeds), and in
+  batches of 32 (as some of the seeds' READMEs configure it), a stricter baseline;
 - catalens: ``service.ingest`` of a CSV catalog naming the same files (hashing, decode and
   preprocessing in the load pool, embedding in batches, ledger and FAISS writes), with
   ViT-B/32 on ONNX Runtime fp32 and int8, and on torch for reference.
@@ -55,16 +56,18 @@ from catalens.settings import Settings
 SEEDS_BATCH = 32
 
 
-def seeds_ingest(directory: Path) -> Callable[[list[Path]], dict[str, float]]:
+SEEDS_ONE = "seeds: PIL + CLIPProcessor + CLIPModel eager, 1 image per call"
+SEEDS_BATCHED = f"seeds: PIL + CLIPProcessor + CLIPModel eager, batch {SEEDS_BATCH}"
+
+
+def seeds_ingest(directory: Path, batch: int) -> Callable[[list[Path]], dict[str, float]]:
     model = transformers.CLIPModel.from_pretrained(directory).eval()
     processor = transformers.CLIPProcessor.from_pretrained(directory)
 
     def run(paths: list[Path]) -> dict[str, float]:
         vectors = []
-        for start in range(0, len(paths), SEEDS_BATCH):
-            images = [
-                Image.open(path).convert("RGB") for path in paths[start : start + SEEDS_BATCH]
-            ]
+        for start in range(0, len(paths), batch):
+            images = [Image.open(path).convert("RGB") for path in paths[start : start + batch]]
             with torch.no_grad():
                 inputs = processor(images=images, return_tensors="pt")
                 features = model.get_image_features(**inputs)
@@ -150,7 +153,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="catalens-ingest-bench-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     configs = {
-        "seeds: PIL + CLIPProcessor + CLIPModel eager, batch 32": seeds_ingest(directory),
+        SEEDS_ONE: seeds_ingest(directory, 1),
+        SEEDS_BATCHED: seeds_ingest(directory, SEEDS_BATCH),
         "catalens ONNX fp32": catalens_ingest(str(directory), "onnx", root),
         "catalens ONNX int8": catalens_ingest(f"{directory}:int8", "onnx", root),
     }
@@ -169,24 +173,28 @@ def main() -> None:
             rate = len(paths) / seconds[name][-1]
             print(f"round {round_ + 1}: {name}: {rate:.1f} images/s {extra[name]}", flush=True)
 
-    seeds = len(paths) / median(seconds["seeds: PIL + CLIPProcessor + CLIPModel eager, batch 32"])
+    one = len(paths) / median(seconds[SEEDS_ONE])
+    batched = len(paths) / median(seconds[SEEDS_BATCHED])
     rows, results = [], []
     for name in configs:
         rate = len(paths) / median(seconds[name])
         busy = extra[name].get("model_busy")
-        rows.append([name, round(median(seconds[name]), 1), round(rate, 1), f"{rate / seeds:.2f}x"])
+        rows.append([name, round(median(seconds[name]), 1), round(rate, 1)])
+        rows[-1] += [f"{rate / one:.2f}x", f"{rate / batched:.2f}x"]
         rows[-1].append("-" if busy is None else f"{busy:.2f}")
         results.append(
             {
                 "config": name,
                 "seconds": [round(s, 2) for s in seconds[name]],
                 "images_per_s": round(rate, 2),
-                "vs_seeds": round(rate / seeds, 2),
+                "vs_seeds_one_per_call": round(rate / one, 2),
+                "vs_seeds_batched": round(rate / batched, 2),
                 **extra[name],
             }
         )
     print()
-    print_table(["configuration", "seconds", "images/s", "vs seeds", "model busy"], rows)
+    headers = ["configuration", "seconds", "images/s", "vs seeds 1/call", "vs seeds batch 32"]
+    print_table([*headers, "model busy"], rows)
     write_results(
         "ingest_throughput",
         {

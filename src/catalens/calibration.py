@@ -81,6 +81,9 @@ class Calibration:
     train_fpr: float
     """Share of the left-out-product queries whose top candidate is a ``match``."""
     fitted_at: float
+    centering_queries: int = 0
+    """Queries behind the domain mean the scores were centred on when this was fitted (0:
+    not centred). Scores move as that mean settles, so the fit follows it (``feedback``)."""
 
     def probabilities(self, scores: Sequence[float]) -> list[float]:
         feats = features(scores)
@@ -132,6 +135,7 @@ def fit(
     target_fpr: float = 0.05,
     ambiguous_probability: float = 0.15,
     seed: int = 0,
+    centering_queries: int = 0,
 ) -> Calibration | None:
     """Fit a calibration from the collection's views (see the module docstring); ``None``
     when there is not enough to fit one. ``view_queries``: confirmed view id -> the query
@@ -203,6 +207,7 @@ def fit(
         confirmed_views=int(confirmed.sum()),
         train_fpr=float((negatives_top >= threshold).mean()),
         fitted_at=time.time(),
+        centering_queries=centering_queries if mean is not None else 0,
     )
 
 

@@ -300,8 +300,8 @@ def eval_command(
     out_of_catalog: Annotated[
         str,
         typer.Option(
-            help="Score false matches: leave this share of products out (seeded), or 'each' "
-            "(every query again without its own product)."
+            help="Score false matches: leave this share of products out (seeded), or each: "
+            "every query again without its own product."
         ),
     ] = "0",
     simulate_feedback: Annotated[
@@ -318,8 +318,15 @@ def eval_command(
         str | None, typer.Option(help="Several K, e.g. 0,1,3,10: one row each.")
     ] = None,
     seed: Annotated[
-        int, typer.Option(help="Seed for the photos picked and products left out.")
+        int, typer.Option(help="Seed for the query order, photos picked and products left out.")
     ] = 0,
+    order: Annotated[
+        str,
+        typer.Option(
+            help="Query order: shuffled (seeded; a shop's real stream mixes its products, "
+            "which domain centering learns from) or file."
+        ),
+    ] = "shuffled",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Measure retrieval quality: recall@1/5/10, precision@k, MRR, mAP, latency, and how
@@ -342,6 +349,7 @@ def eval_command(
                 group_by=group_by,
                 out_of_catalog=leave_out,
                 seed=seed,
+                order=order,
             )
         else:
             assert feedback_pool is not None
@@ -357,6 +365,7 @@ def eval_command(
                     seed=seed,
                     out_of_catalog=leave_out,
                     group_by=group_by,
+                    order=order,
                     progress=_Bars(bars),
                 )
     if not looping:

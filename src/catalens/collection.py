@@ -473,8 +473,7 @@ class Collection:
     ) -> list[ImageMatch]:
         if not matches:
             return matches
-        dim = self.config.model.dim
-        vectors = self.ledger.vectors_of_images([m.image_id for m in matches], dim)
+        vectors = self.views.vectors_of_images([m.image_id for m in matches])
         scores = centered_scores(query, vectors, mean)
         rescored = [
             ImageMatch(m.image_id, m.product_id, float(score))

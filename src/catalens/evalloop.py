@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from catalens.errors import CatalensError, ConfigError
-from catalens.evaluate import EvalReport, Query, evaluate
+from catalens.evaluate import SHUFFLED, EvalReport, Query, evaluate
 from catalens.service import CatalensService
 
 Progress = Callable[[str, int, int], None]
@@ -103,6 +103,7 @@ def feedback_curve(
     seed: int = 0,
     out_of_catalog: float | str = 0.0,
     group_by: str | None = None,
+    order: str = SHUFFLED,
     progress: Progress | None = None,
 ) -> list[CurvePoint]:
     """One evaluation per K, each on a fresh copy of ``collection`` fed K photos per product."""
@@ -126,6 +127,7 @@ def feedback_curve(
                 group_by=group_by,
                 out_of_catalog=out_of_catalog,
                 seed=seed,
+                order=order,
                 progress=_stage(progress, f"eval K={k}"),
             )
         finally:

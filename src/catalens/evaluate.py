@@ -124,6 +124,24 @@ def score_verdicts(
     }
 
 
+SHUFFLED = "shuffled"
+FILE_ORDER = "file"
+ORDERS = (SHUFFLED, FILE_ORDER)
+
+
+def ordered(queries: Sequence[Query], order: str, *, seed: int = 0) -> list[Query]:
+    """The queries in the order they are searched: ``shuffled`` (seeded, the default) or
+    ``file``. Order matters because domain centering learns from the queries it has seen: a
+    shop's real stream interleaves its products, while query files are often sorted by
+    product, which would centre the first hundred queries on apples alone."""
+    if order not in ORDERS:
+        raise ConfigError(f"query order must be one of {', '.join(ORDERS)}, got {order!r}")
+    result = list(queries)
+    if order == SHUFFLED:
+        random.Random(f"order:{seed}").shuffle(result)
+    return result
+
+
 EACH = "each"
 """``out_of_catalog=EACH``: each query is also searched with its own product left out."""
 
@@ -181,11 +199,13 @@ def evaluate(
     depth: int = 100,
     out_of_catalog: float | str = 0.0,
     seed: int = 0,
+    order: str = SHUFFLED,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Search every query in ``collection`` and score the rankings. Queries whose product is
     not in the catalog, or among the ``out_of_catalog`` share left out on purpose, score the
-    verdicts only."""
+    verdicts only. ``order``: see ``ordered``."""
+    queries = ordered(queries, order, seed=seed)
     opened = service.collection(collection)
     each = out_of_catalog == EACH
     share = 0.0 if each else float(out_of_catalog)
@@ -210,7 +230,11 @@ def evaluate(
             results.append(QueryResult(query, ranked, elapsed, group, verdict))
             if each:
                 hits = service.search(
-                    collection, image=query.image, top_k=depth, exclude=query.item_ids
+                    collection,
+                    image=query.image,
+                    top_k=depth,
+                    exclude=query.item_ids,
+                    observe=False,  # the same photo again: counted once for centering
                 )
                 ranked = tuple(h.product_id for h in hits)
                 outside.append(

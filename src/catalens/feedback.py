@@ -185,6 +185,25 @@ def refit_if_due(service: CatalensService, collection: Collection, *, force: boo
     return True
 
 
+def refit_if_centering_moved(collection: Collection) -> bool:
+    """Refit the calibration when the domain mean its scores were centred on has settled
+    further: when centering starts, and then each time the queries behind the mean double
+    (up to the window, then once per window). A fit made before centering started would
+    otherwise judge centred scores by an uncentred scale."""
+    current = collection.calibration
+    options = collection.config.search
+    if not options.centering or not isinstance(current, calibration.Calibration):
+        return False
+    seen, fitted = collection.centering.count, current.centering_queries
+    if seen < options.centering_min_queries:
+        return False
+    settled = fitted >= options.centering_min_queries
+    if settled and seen < fitted + min(fitted, options.centering_window):
+        return False
+    recalibrate(collection)
+    return True
+
+
 def recalibrate(collection: Collection) -> calibration.Calibration | None:
     """Fit the collection's calibration now (and use it); ``None`` when it cannot be fitted."""
     options = collection.config.search
@@ -196,6 +215,7 @@ def recalibrate(collection: Collection) -> calibration.Calibration | None:
             options=options,
             mean=mean if options.centering else None,
             view_queries=views.view_queries(collection),
+            centering_queries=collection.centering.count,
         )
     collection.set_calibration(fitted)
     return fitted

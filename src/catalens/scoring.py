@@ -34,16 +34,27 @@ ProductScores = dict[str, tuple[float, int]]
 """product id -> (score, the image id of its best view)."""
 
 
-class ViewCache:
-    """Per-collection facts the scoring needs, reloaded when the ledger changed."""
+MEMORY_CAP = 256 * 1024 * 1024
+"""A collection whose vectors fit in this many bytes keeps them in memory for the re-scoring;
+a larger one reads them from the ledger for each search."""
 
-    def __init__(self, ledger: Ledger, dim: int) -> None:
+
+class ViewCache:
+    """Per-collection facts the scoring needs, reloaded when the ledger changed: which
+    products have several views, every hard negative, and (within ``MEMORY_CAP``) every
+    searchable vector."""
+
+    def __init__(self, ledger: Ledger, dim: int, *, memory_cap: int = MEMORY_CAP) -> None:
         self._ledger = ledger
         self._dim = dim
+        self._memory_cap = memory_cap
         self._lock = threading.Lock()
         self._key: tuple[int, ...] | None = None
         self._multi: frozenset[str] = frozenset()
         self._negatives: dict[str, NDArray[np.float32]] = {}
+        self._rows: dict[int, int] | None = None
+        self._by_product: dict[str, list[int]] = {}
+        self._matrix: NDArray[np.float32] = np.zeros((0, dim), dtype=np.float32)
 
     def _version(self) -> tuple[int, ...]:
         (row,) = self._ledger.query(
@@ -58,10 +69,14 @@ class ViewCache:
         with self._lock:
             if version == self._key:
                 return
-            multi = self._ledger.query(
-                "SELECT product_id FROM images WHERE status = 'ok' "
-                "GROUP BY product_id HAVING COUNT(*) > 1"
+            images = self._ledger.query(
+                "SELECT image_id, product_id, content_hash FROM images WHERE status = 'ok' "
+                "AND content_hash IS NOT NULL ORDER BY image_id"
             )
+            counts: dict[str, int] = {}
+            for _, product_id, _ in images:
+                counts[str(product_id)] = counts.get(str(product_id), 0) + 1
+            self._multi = frozenset(pid for pid, n in counts.items() if n > 1)
             negatives: dict[str, list[NDArray[np.float32]]] = {}
             for product_id, blob in self._ledger.query(
                 "SELECT product_id, vector FROM negatives ORDER BY negative_id"
@@ -69,8 +84,14 @@ class ViewCache:
                 vector = np.frombuffer(blob, dtype=np.float32)
                 if vector.size == self._dim:
                     negatives.setdefault(str(product_id), []).append(vector)
-            self._multi = frozenset(str(r[0]) for r in multi)
             self._negatives = {pid: np.vstack(vs) for pid, vs in negatives.items()}
+            self._rows = None
+            self._by_product = {}
+            if len(images) * self._dim * 4 <= self._memory_cap:
+                self._matrix = self._ledger.vectors_for([str(r[2]) for r in images], self._dim)
+                self._rows = {int(r[0]): row for row, r in enumerate(images)}
+                for row, (_, product_id, _) in enumerate(images):
+                    self._by_product.setdefault(str(product_id), []).append(row)
             self._key = version
 
     def multi_view(self) -> frozenset[str]:
@@ -84,7 +105,23 @@ class ViewCache:
         return self._negatives
 
     def views_of(self, product_ids: Iterable[str]) -> dict[str, NDArray[np.float32]]:
-        return self._ledger.vectors_by_product(product_ids, self._dim)
+        """product id -> the (n, d) vectors of its searchable views."""
+        self._refresh()
+        if self._rows is None:
+            return self._ledger.vectors_by_product(product_ids, self._dim)
+        return {
+            pid: self._matrix[self._by_product[pid]]
+            for pid in product_ids
+            if pid in self._by_product
+        }
+
+    def vectors_of_images(self, image_ids: list[int]) -> NDArray[np.float32]:
+        """The vectors of these searchable images, in the order given."""
+        self._refresh()
+        rows = self._rows
+        if rows is None or any(i not in rows for i in image_ids):
+            return self._ledger.vectors_of_images(image_ids, self._dim)
+        return self._matrix[[rows[i] for i in image_ids]]
 
 
 def best_views(matches: Iterable[ImageMatch]) -> ProductScores:
@@ -113,13 +150,17 @@ def score_products(
     q = query if mean is None else l2_normalize((query - mean).reshape(1, -1))[0]
     if options.aggregation == "blend" and options.blend_weight < 1.0:
         multi = views.multi_view()
-        candidates = [pid for pid in best if pid in multi]
-        weight = options.blend_weight
-        for pid, matrix in views.views_of(candidates).items():
-            centred = matrix if mean is None else matrix - mean
-            centroid = l2_normalize(l2_normalize(centred).sum(axis=0, keepdims=True))[0]
-            score, image_id = best[pid]
-            best[pid] = (weight * score + (1.0 - weight) * float(centroid @ q), image_id)
+        grouped = views.views_of([pid for pid in best if pid in multi])
+        if grouped:
+            pids = list(grouped)
+            stacked = np.vstack([grouped[pid] for pid in pids])
+            starts = np.cumsum([0] + [len(grouped[pid]) for pid in pids[:-1]])
+            centred = l2_normalize(stacked if mean is None else stacked - mean)
+            cosines = l2_normalize(np.add.reduceat(centred, starts, axis=0)) @ q
+            weight = options.blend_weight
+            for pid, cosine in zip(pids, cosines, strict=True):
+                score, image_id = best[pid]
+                best[pid] = (weight * score + (1.0 - weight) * float(cosine), image_id)
     if options.negative_penalty > 0:
         negatives = views.negatives()
         for pid in [p for p in best if p in negatives]:

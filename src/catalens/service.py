@@ -43,6 +43,7 @@ from catalens.feedback import (
     give_feedback,
     query_bytes,
     recalibrate,
+    refit_if_centering_moved,
     refit_if_due,
 )
 from catalens.fetch import ImageFetcher
@@ -526,6 +527,7 @@ class CatalensService:
         threshold: float | None = None,
         filters: Mapping[str, Any] | None = None,
         exclude: AbstractSet[str] = frozenset(),
+        observe: bool = True,
     ) -> list[Hit]:
         """Search one collection, or every collection with ``name == "all"``; the photo is
         not kept for feedback (``query`` keeps it)."""
@@ -538,6 +540,7 @@ class CatalensService:
             filters=filters,
             keep=False,
             exclude=exclude,
+            observe=observe,
         ).hits
 
     def query(
@@ -551,10 +554,12 @@ class CatalensService:
         filters: Mapping[str, Any] | None = None,
         keep: bool = True,
         exclude: AbstractSet[str] = frozenset(),
+        observe: bool = True,
     ) -> SearchResult:
         """Search like ``search``; with ``keep``, a photo query is kept for a while (see
         ``querylog.py``) and the result's ``query_id`` lets feedback refer to it.
-        ``exclude``: products left out as if not in the catalog (evaluation)."""
+        ``exclude``: products left out as if not in the catalog (evaluation); without
+        ``observe`` the photo does not count as a query seen (domain centering)."""
         if (image is None) == (text is None):
             raise ConfigError("search needs exactly one of an image or a text")
         keep = keep and image is not None and self.queries.enabled
@@ -591,8 +596,9 @@ class CatalensService:
                         f"collection {each!r} uses {embedder.identity.name}, which has no "
                         "text tower: search it by image"
                     )
-            if decoded is not None:
+            if decoded is not None and observe:
                 collection.observe_query(vectors[key])
+                refit_if_centering_moved(collection)
             hits.extend(
                 collection.search(
                     vectors[key],

@@ -120,11 +120,12 @@ def add_view(
 ) -> ViewChange:
     """Make ``photo`` a confirmed view of ``product_id`` (see the module docstring)."""
     _require_product(collection, product_id)
-    ref, digest = save_photo(collection, photo)
+    digest = content_hash(photo)
     mine = [row for row in collection.ledger.images_of(product_id) if row.content_hash == digest]
     if mine:  # the same bytes already are a view (or a catalog image) of this product
         existing = [v for v in list_views(collection, product_id) if v.content_hash == digest]
         return ViewChange(view=existing[0] if existing else None, added=False)
+    ref, _ = save_photo(collection, photo)
     changes = ChangeSet()
     removed: list[int] = []
     for image_id, other, other_ref in collection.ledger.query(

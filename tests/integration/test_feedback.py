@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catalens.calibration import Calibration
 from catalens.collection import SourceConfig
 from catalens.errors import ConfigError, ProductNotFoundError, QueryNotFoundError
 from catalens.sample import SampleCatalog, generate_sample_catalog
@@ -205,5 +206,36 @@ def test_queries_expire_by_count(
         with pytest.raises(QueryNotFoundError, match="retention"):
             svc.feedback("shop", query_id=first, verdict="correct", product_id="p001")
         assert svc.feedback("shop", query_id=second, verdict="correct", product_id="p001").added
+    finally:
+        svc.close()
+
+
+def test_the_calibration_follows_the_domain_mean(
+    tmp_path: Path, make_settings: Callable[..., Settings], catalog: SampleCatalog
+) -> None:
+    """Scores are centred on the running query mean; the fit is redone each time the
+    queries behind that mean double, so it judges scores on the scale they now have."""
+    svc = build_service(make_settings(tmp_path / "home", centering=True))
+    try:
+        svc.ingest("shop", SourceConfig(location=str(catalog.catalog_csv)))
+        for product in catalog.products:  # confirmed photos (each also a query seen)
+            for photo in product.shopper_photos:
+                svc.feedback("shop", image=photo, verdict="correct", product_id=product.id)
+        collection = svc.collection("shop")
+        seen = collection.centering.count
+        first = collection.calibration
+        assert seen == 12 and isinstance(first, Calibration)
+        assert first.centering_queries == seen
+        photos = [p for product in catalog.products for p in product.shopper_photos]
+        fitted = []
+        for photo in photos + photos[:2]:
+            svc.search("shop", image=photo, top_k=3)
+            current = collection.calibration
+            assert isinstance(current, Calibration)
+            fitted.append(current.centering_queries)
+        assert fitted == [12] * 11 + [24] * 3
+        # Stored with the fit, so a reopened collection does not refit needlessly.
+        stored = Calibration.loads(collection.ledger.get_meta("calibration"))
+        assert stored is not None and stored.centering_queries == 24
     finally:
         svc.close()

@@ -99,9 +99,8 @@ def _providers(device: str) -> list[str]:
 
 
 def default_intra_op_threads() -> int:
-    """Inference threads: every core. The ingest's decoders overlap with inference; the
-    session's threads do not spin while idle (see ``open_session``), so the two take turns
-    instead of fighting for the cores."""
+    """Inference threads: every core. The ingest's decoders overlap with inference in the
+    gaps between batches."""
     return os.cpu_count() or 1
 
 
@@ -119,9 +118,11 @@ def open_session(
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle threads sleep instead of spinning: the load pool's decoders (and whatever else
-    # runs on a small machine) get the cores between runs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Threads spin briefly between a run's parallel sections instead of sleeping: on an idle
+    # 2-core box that cut ViT-B/32's one-image latency from 88 to 69 ms (fp32) and 53 to
+    # 43 ms (int8), and sped up ingest by 5-13%; a box shared with other busy work loses
+    # 5-15% with it (docs/benchmarks.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     try:
         return ort.InferenceSession(
             str(model_path), sess_options=options, providers=_providers(device)
