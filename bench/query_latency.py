@@ -7,8 +7,9 @@ ef_search=128); products and images are real rows, so the search path is the rea
 model is the random ViT-B/32 on ONNX Runtime fp32. Queries are real JPEG photos (grocery-dev
 ``query`` images, else generated JPEGs) given as bytes, as an upload arrives.
 
-Two settings: the default 3 centre zoom views (one batched ``embed_pixels`` call of 3) and a
-single view (``query_zooms=(1.0,)``). The breakdown times each stage on its own. A last row
+Three settings: the default 3 centre zoom views (one batched ``embed_pixels`` call of 3), a
+single view (``query_zooms=(1.0,)``), and a single view with the int8 export (a second
+collection of the same size, built after the first is deleted). The breakdown times each stage on its own. A last row
 decodes a 12-megapixel JPEG (a phone photo) with and without the JPEG ``draft`` mode that
 ``decode_query`` uses.
 
@@ -111,7 +112,7 @@ def measure(
     vector = zoom_views(embedder, decoded[0], zooms)
 
     def end_to_end(photo: bytes) -> None:
-        service.search("bench", image=photo, top_k=10)
+        service.search(collection.name, image=photo, top_k=10)
 
     for photo in photos[:5]:  # warm up (and pass the centring warm-up of 8 queries)
         end_to_end(photo)
@@ -162,16 +163,23 @@ def main() -> None:
         hnsw_ef_search=128,
     )
     service = build_service(settings)
-    collection = service.create_collection("bench")
-    embedder = service.embedder(spec)
-    built = fill(collection, args.n, embedder.identity.dim)
-    print(f"{args.n:,} vectors in the collection in {built:.0f}s", flush=True)
     photos = query_photos(args.queries)
-
-    results = [
-        measure(service, collection, photos, label, zooms, args.rounds)
-        for label, zooms in (("3 zoom views (default)", (1.0, 1.25, 1.5625)), ("1 view", (1.0,)))
-    ]
+    results = []
+    for model, rows_of in (
+        (spec, (("3 zoom views (default)", (1.0, 1.25, 1.5625)), ("1 view", (1.0,)))),
+        (f"{spec}:int8", (("int8, 1 view", (1.0,)),)),
+    ):
+        collection = service.create_collection(
+            "bench" if model == spec else "bench-int8", model=model
+        )
+        embedder = service.embedder(model)
+        built = fill(collection, args.n, embedder.identity.dim)
+        print(f"{args.n:,} vectors in {collection.name} in {built:.0f}s", flush=True)
+        results += [
+            measure(service, collection, photos, label, zooms, args.rounds)
+            for label, zooms in rows_of
+        ]
+        service.delete_collection(collection.name)  # one 100k collection in memory at a time
     rows = [
         [
             r["setting"],

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -136,11 +137,13 @@ def fit(
     ambiguous_probability: float = 0.15,
     seed: int = 0,
     centering_queries: int = 0,
+    exclude: AbstractSet[str] = frozenset(),
 ) -> Calibration | None:
     """Fit a calibration from the collection's views (see the module docstring); ``None``
     when there is not enough to fit one. ``view_queries``: confirmed view id -> the query
-    vector its photo was searched with."""
-    ids, codes, vectors, confirmed = _load(ledger, dim)
+    vector its photo was searched with; ``exclude``: products fitted as if not in the
+    catalog (an evaluation that leaves them out)."""
+    ids, codes, vectors, confirmed = _load(ledger, dim, exclude)
     if ids.size == 0 or ids.size > MAX_IMAGES:
         return None
     centred = vectors if mean is None else l2_normalize(vectors - mean)
@@ -212,7 +215,7 @@ def fit(
 
 
 def _load(
-    ledger: Ledger, dim: int
+    ledger: Ledger, dim: int, exclude: AbstractSet[str] = frozenset()
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]:
     """Every searchable view, grouped by product: (image ids, product codes, vectors,
     whether each is a confirmed photo)."""
@@ -220,6 +223,7 @@ def _load(
         "SELECT image_id, product_id, content_hash, origin FROM images WHERE status = 'ok' "
         "AND content_hash IS NOT NULL ORDER BY product_id, image_id"
     )
+    rows = [row for row in rows if str(row[1]) not in exclude]
     if not rows or len(rows) > MAX_IMAGES:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros((0, dim), np.float32), np.zeros(0, bool)

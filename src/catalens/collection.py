@@ -171,6 +171,8 @@ class Collection:
         self.calibration: Calibration | NoCalibration = (
             Calibration.loads(self.ledger.get_meta(CALIBRATION_KEY)) or NoCalibration()
         )
+        self.calibration_exclude: frozenset[str] = frozenset()
+        """Products a refit leaves out (``feedback.calibrated_without``)."""
         self._reconcile()
 
     # -- opening -------------------------------------------------------------------------

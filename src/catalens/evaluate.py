@@ -31,6 +31,7 @@ import numpy as np
 
 from catalens.calibration import MATCH
 from catalens.errors import CatalensError, CatalogError, ConfigError
+from catalens.feedback import calibrated_without
 from catalens.service import CatalensService
 
 CUTOFFS = (1, 5, 10)
@@ -215,35 +216,36 @@ def evaluate(
     results: list[QueryResult] = []
     outside: list[QueryResult] = []
     skipped: list[str] = []
-    for done, query in enumerate(queries, start=1):
-        started = time.perf_counter()
-        try:
-            hits = service.search(collection, image=query.image, top_k=depth, exclude=excluded)
-        except CatalensError as exc:
-            skipped.append(str(exc))
-            continue
-        elapsed = time.perf_counter() - started
-        ranked = tuple(h.product_id for h in hits)
-        verdict = hits[0].verdict if hits else None
-        if query.item_ids & catalog_ids:
-            group = _group_of(opened, query, group_key) if group_key else None
-            results.append(QueryResult(query, ranked, elapsed, group, verdict))
-            if each:
-                hits = service.search(
-                    collection,
-                    image=query.image,
-                    top_k=depth,
-                    exclude=query.item_ids,
-                    observe=False,  # the same photo again: counted once for centering
-                )
-                ranked = tuple(h.product_id for h in hits)
-                outside.append(
-                    QueryResult(query, ranked, 0.0, None, hits[0].verdict if hits else None)
-                )
-        else:
-            outside.append(QueryResult(query, ranked, elapsed, None, verdict))
-        if progress:
-            progress(done, len(queries))
+    with calibrated_without(opened, excluded):
+        for done, query in enumerate(queries, start=1):
+            started = time.perf_counter()
+            try:
+                hits = service.search(collection, image=query.image, top_k=depth, exclude=excluded)
+            except CatalensError as exc:
+                skipped.append(str(exc))
+                continue
+            elapsed = time.perf_counter() - started
+            ranked = tuple(h.product_id for h in hits)
+            verdict = hits[0].verdict if hits else None
+            if query.item_ids & catalog_ids:
+                group = _group_of(opened, query, group_key) if group_key else None
+                results.append(QueryResult(query, ranked, elapsed, group, verdict))
+                if each:
+                    hits = service.search(
+                        collection,
+                        image=query.image,
+                        top_k=depth,
+                        exclude=query.item_ids,
+                        observe=False,  # the same photo again: counted once for centering
+                    )
+                    ranked = tuple(h.product_id for h in hits)
+                    outside.append(
+                        QueryResult(query, ranked, 0.0, None, hits[0].verdict if hits else None)
+                    )
+            else:
+                outside.append(QueryResult(query, ranked, elapsed, None, verdict))
+            if progress:
+                progress(done, len(queries))
     by_group: dict[str, list[QueryResult]] = defaultdict(list)
     for result in results:
         if result.group is not None:

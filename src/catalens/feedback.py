@@ -17,6 +17,9 @@ collection's calibration is refitted as confirmed views accrue (``calibration.py
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
@@ -204,8 +207,29 @@ def refit_if_centering_moved(collection: Collection) -> bool:
     return True
 
 
+@contextmanager
+def calibrated_without(collection: Collection, products: AbstractSet[str]) -> Iterator[None]:
+    """Within the block, the collection's calibration is fitted as if ``products`` were not
+    in its catalog (refits included); the previous fit comes back afterwards. An evaluation
+    that leaves products out uses it: a shop without those products would have been
+    calibrated on the catalog it has."""
+    previous = collection.calibration
+    collection.calibration_exclude = frozenset(products)
+    try:
+        if products and isinstance(previous, calibration.Calibration):
+            recalibrate(collection)
+        yield
+    finally:
+        collection.calibration_exclude = frozenset()
+        if products:
+            collection.set_calibration(
+                previous if isinstance(previous, calibration.Calibration) else None
+            )
+
+
 def recalibrate(collection: Collection) -> calibration.Calibration | None:
-    """Fit the collection's calibration now (and use it); ``None`` when it cannot be fitted."""
+    """Fit the collection's calibration now (and use it); ``None`` when it cannot be fitted.
+    Products in ``collection.calibration_exclude`` are left out of the fit."""
     options = collection.config.search
     mean = collection.centering.current(options.centering_min_queries)
     with collection.lock.read():
@@ -216,6 +240,7 @@ def recalibrate(collection: Collection) -> calibration.Calibration | None:
             mean=mean if options.centering else None,
             view_queries=views.view_queries(collection),
             centering_queries=collection.centering.count,
+            exclude=collection.calibration_exclude,
         )
     collection.set_calibration(fitted)
     return fitted
