@@ -9,9 +9,9 @@ model is the random ViT-B/32 on ONNX Runtime fp32. Queries are real JPEG photos 
 
 Three settings: the default 3 centre zoom views (one batched ``embed_pixels`` call of 3), a
 single view (``query_zooms=(1.0,)``), and a single view with the int8 export (a second
-collection of the same size, built after the first is deleted). The breakdown times each stage on its own. A last row
-decodes a 12-megapixel JPEG (a phone photo) with and without the JPEG ``draft`` mode that
-``decode_query`` uses.
+collection of the same size, built after the first is deleted). The breakdown times each
+stage on its own. A last row decodes a 12-megapixel JPEG (a phone photo) with and without
+the JPEG ``draft`` mode that ``decode_query`` uses.
 
     python bench/query_latency.py               # 100k vectors, 40 queries per setting
     python bench/query_latency.py --quick       # 20k vectors, 12 queries

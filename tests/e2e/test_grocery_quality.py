@@ -60,6 +60,7 @@ def test_grocery_gallery_recall(tmp_path: Path, grocery_dir: Path, mobilenet_dir
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout)
     assert metrics["queries"] == 296
-    assert metrics["recall@1"] >= 0.35
+    # 0.453 here (acceptance: 0.44); the margin absorbs int8 kernels that differ by CPU.
+    assert metrics["recall@1"] >= 0.42
     assert metrics["recall@5"] >= metrics["recall@1"]
     assert set(metrics["groups"]) == {"0", "1"}

@@ -15,6 +15,7 @@ from PIL import Image
 from catalens.calibration import Calibration
 from catalens.collection import SourceConfig
 from catalens.errors import ConfigError, ProductNotFoundError, QueryNotFoundError
+from catalens.feedback import calibrated_without
 from catalens.sample import SampleCatalog, generate_sample_catalog
 from catalens.service import CatalensService, build_service
 from catalens.settings import Settings
@@ -239,3 +240,21 @@ def test_the_calibration_follows_the_domain_mean(
         assert stored is not None and stored.centering_queries == 24
     finally:
         svc.close()
+
+
+def test_an_evaluation_calibrates_without_the_products_it_leaves_out(
+    service: CatalensService, catalog: SampleCatalog
+) -> None:
+    for product in catalog.products:
+        for photo in product.shopper_photos:
+            service.feedback("shop", image=photo, verdict="correct", product_id=product.id)
+    collection = service.collection("shop")
+    before = collection.calibration
+    assert isinstance(before, Calibration)
+    left_out = {catalog.products[0].id, catalog.products[1].id}
+    with calibrated_without(collection, left_out):
+        during = collection.calibration
+        assert isinstance(during, Calibration) and during.queries < before.queries
+        assert collection.calibration_exclude == left_out
+    assert collection.calibration == before and not collection.calibration_exclude
+    assert Calibration.loads(collection.ledger.get_meta("calibration")) == before

@@ -113,3 +113,17 @@ def test_round_trip_and_no_fit_without_held_out_views(tmp_path: Path) -> None:
 @pytest.mark.parametrize("scores", [[], [0.5]])
 def test_degenerate_score_lists(scores: list[float]) -> None:
     assert features(scores).shape == (len(scores), 4)
+
+
+def test_left_out_products_are_not_fitted(tmp_path: Path) -> None:
+    """An evaluation that leaves products out fits as if they were not in the catalog."""
+    _clusters(tmp_path, products=40, views=3)
+    ledger = Ledger(tmp_path / "l.sqlite")
+    try:
+        whole = fit(ledger, dim=DIM, options=MAX, mean=None, view_queries={})
+        left_out = {f"p{p}" for p in range(10)}
+        part = fit(ledger, dim=DIM, options=MAX, mean=None, view_queries={}, exclude=left_out)
+    finally:
+        ledger.close()
+    assert whole is not None and part is not None
+    assert (whole.queries, part.queries) == (120, 90)
