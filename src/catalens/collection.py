@@ -33,7 +33,7 @@ from catalens.ledger import Ledger, metadata_matches
 from catalens.quality import DomainCentering, SearchOptions, centered_scores
 from catalens.rwlock import ReadWriteLock
 from catalens.scoring import ViewCache, score_products
-from catalens.stores.base import VectorStore
+from catalens.stores.base import HoldsVectors, VectorStore
 from catalens.types import Hit, ImageMatch, ModelIdentity, Product
 
 CONFIG_FILE = "collection.json"
@@ -432,7 +432,7 @@ class Collection:
                 )
                 for pid in exclude & best.keys():
                     del best[pid]
-                products = self.ledger.get_products(best)
+                products = self.ledger.get_products(best) if filters else {}
                 if filters:
                     best = {
                         pid: hit
@@ -454,6 +454,8 @@ class Collection:
                 for rank, item in enumerate(ranked[:top_k], start=1)
                 if threshold is None or item[1][0] >= threshold
             ]
+            if not filters:  # only the rows shown: the candidates can be hundreds
+                products = self.ledger.get_products(pid for _, (pid, _) in shown)
             refs = self.ledger.preview_refs(image_id for _, (_, (_, image_id)) in shown)
             return [
                 Hit(
@@ -475,7 +477,9 @@ class Collection:
     ) -> list[ImageMatch]:
         if not matches:
             return matches
-        vectors = self.views.vectors_of_images([m.image_id for m in matches])
+        ids = [m.image_id for m in matches]
+        held = self.store.vectors_of(ids) if isinstance(self.store, HoldsVectors) else None
+        vectors = held if held is not None else self.views.vectors_of_images(ids)
         scores = centered_scores(query, vectors, mean)
         rescored = [
             ImageMatch(m.image_id, m.product_id, float(score))

@@ -371,3 +371,21 @@ def test_searches_run_alongside_upserts(tmp_path: Path, index_type: IndexType) -
     writer.join()
     assert not errors
     assert len(store) == 900 + 600 - 60
+
+
+def test_vectors_of_follows_deletes_and_reloads(tmp_path: Path) -> None:
+    """The query path re-scores candidates with the store's own copy of their vectors."""
+    store = filled(tmp_path, 10)
+    vectors = unit_vectors(10)
+    store.delete([2])  # the last row moves into row 2
+    got = store.vectors_of([9, 0, 5])
+    assert got is not None
+    np.testing.assert_array_equal(got, vectors[[9, 0, 5]])
+    assert store.vectors_of([1, 2]) is None  # 2 is gone
+    store.flush()
+    store.close()
+    reopened = FaissStore.open(tmp_path, dim=DIM, options=FaissOptions())
+    got = reopened.vectors_of([9, 3])
+    assert got is not None
+    np.testing.assert_array_equal(got, vectors[[9, 3]])
+    reopened.close()

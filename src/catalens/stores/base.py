@@ -8,7 +8,7 @@ Product-level grouping (best image per product) happens above the store, in the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -65,4 +65,14 @@ class VectorStore(Protocol):
 
     def generation(self) -> str | None:
         """The tag of the last ``flush`` that completed (None if none had a tag)."""
+        ...
+
+
+@runtime_checkable
+class HoldsVectors(Protocol):
+    """A store that keeps its vectors in memory can hand them back, which spares the
+    query path a ledger read when it re-scores candidates (FAISS does; pgvector does not)."""
+
+    def vectors_of(self, image_ids: Sequence[int]) -> NDArray[np.float32] | None:
+        """The stored vectors of ``image_ids``, in that order; None if any is missing."""
         ...

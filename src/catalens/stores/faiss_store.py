@@ -77,6 +77,13 @@ class _Rows:
             self._resize(2 * self._count)
         return np.asarray(removed, dtype=np.int64)
 
+    def vectors_of(self, ids: Sequence[int]) -> Vectors | None:
+        rows = [self._row_of.get(image) for image in ids]
+        found = [row for row in rows if row is not None]
+        if len(found) != len(rows):
+            return None
+        return self._vectors[found]  # a copy: fancy indexing
+
     def append(self, ids: Ids, products: Sequence[str], vectors: Vectors) -> None:
         """Add rows for ids not present (the caller removes replaced ones first)."""
         start, end = self._count, self._count + len(ids)
@@ -278,6 +285,11 @@ class FaissStore:
                 ]
                 for id_row, score_row in zip(ids.tolist(), scores.tolist(), strict=True)
             ]
+
+    def vectors_of(self, image_ids: Sequence[int]) -> NDArray[np.float32] | None:
+        """The stored vectors of ``image_ids`` (``stores.base.HoldsVectors``)."""
+        with self._lock:
+            return self._rows.vectors_of(image_ids)
 
     def flush(self, tag: str | None = None) -> None:
         """Write every change so far as a new generation, atomically; ``tag`` names it."""
