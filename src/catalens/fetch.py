@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -250,8 +251,8 @@ class ImageFetcher:
         except httpx.InvalidURL as exc:
             raise FetchError(ref, f"invalid URL ({exc})") from exc
         for hop in range(MAX_REDIRECTS + 1):
-            self._check_target(ref, url, redirected=hop > 0)
-            outcome = self._get_with_retries(ref, url, conditional)
+            address = self._check_target(ref, url, redirected=hop > 0)
+            outcome = self._get_with_retries(ref, url, address, conditional)
             if outcome is _NOT_MODIFIED:
                 return None
             if isinstance(outcome, _Body):
@@ -260,28 +261,29 @@ class ImageFetcher:
             url = outcome
         raise FetchError(ref, f"too many redirects (more than {MAX_REDIRECTS})")
 
-    def _check_target(self, ref: str, url: httpx.URL, *, redirected: bool) -> None:
+    def _check_target(self, ref: str, url: httpx.URL, *, redirected: bool) -> str | None:
+        """The vetted address to connect to (``None``: connect by name)."""
         where = f"redirected to {url}: " if redirected else ""
         if url.scheme not in ("http", "https"):
             raise FetchError(ref, f"{where}unsupported URL scheme {url.scheme!r}")
         if not url.host:
             raise FetchError(ref, f"{where}URL has no host")
         if self._guard is None:
-            return
+            return None
         try:
-            self._guard.check_url(str(url))
+            return self._guard.check_url(str(url))
         except BlockedURLError as exc:
             raise BlockedURLError(ref, where + exc.reason) from exc
         except FetchError as exc:
             raise FetchError(ref, where + exc.reason) from exc
 
     def _get_with_retries(
-        self, ref: str, url: httpx.URL, conditional: Mapping[str, str]
+        self, ref: str, url: httpx.URL, address: str | None, conditional: Mapping[str, str]
     ) -> _Outcome:
         attempt = 0
         while True:
             try:
-                return self._get_once(ref, url, conditional)
+                return self._get_once(ref, url, address, conditional)
             except _Transient as exc:
                 attempt += 1
                 if attempt > self._retries:
@@ -293,13 +295,22 @@ class ImageFetcher:
                 if self._closing.wait(delay):
                     raise FetchError(ref, "fetcher closed") from exc
 
-    def _get_once(self, ref: str, url: httpx.URL, conditional: Mapping[str, str]) -> _Outcome:
+    def _get_once(
+        self, ref: str, url: httpx.URL, address: str | None, conditional: Mapping[str, str]
+    ) -> _Outcome:
         """The body, the next URL for a redirect, or ``_NOT_MODIFIED`` (a 304 answering
-        ``conditional`` headers); ``_Transient`` for what may be retried."""
+        ``conditional`` headers); ``_Transient`` for what may be retried. With an
+        ``address``, the connection goes to it, not to whatever the name resolves to now."""
         deadline = time.monotonic() + _TOTAL_TIME_FACTOR * self._timeout
+        target, headers, extensions = _pinned(url, address, conditional)
         try:
             with self._client.stream(
-                "GET", url, headers=conditional, timeout=self._timeout, follow_redirects=False
+                "GET",
+                target,
+                headers=headers,
+                extensions=extensions,
+                timeout=self._timeout,
+                follow_redirects=False,
             ) as response:
                 status = response.status_code
                 if status == 304:
@@ -310,7 +321,7 @@ class ImageFetcher:
                     location = response.headers.get("location")
                     if not location:
                         raise FetchError(ref, f"HTTP {status} redirect without a Location")
-                    return response.url.join(location)
+                    return url.join(location)  # the named URL, not the pinned address
                 if status == 429 or status >= 500:
                     raise _Transient(f"HTTP {status}", _retry_after(response))
                 if not 200 <= status < 300:
@@ -343,6 +354,22 @@ class ImageFetcher:
             if time.monotonic() > deadline:
                 raise _Transient("timed out (download too slow)")
         return bytes(body)
+
+
+def _pinned(
+    url: httpx.URL, address: str | None, headers: Mapping[str, str]
+) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """The request to send so that it reaches ``address`` while naming ``url``'s host: the
+    URL with the address as its host, the original ``Host`` header, and the host as the TLS
+    server name (SNI and certificate check)."""
+    if address is None or address == url.host:
+        return url, dict(headers), {}
+    host = url.netloc.decode("ascii")  # host[:port] as written, what Host must say
+    return (
+        url.copy_with(host=address),
+        {**headers, "Host": host},
+        {"sni_hostname": url.host} if url.scheme == "https" else {},
+    )
 
 
 @dataclass(frozen=True)

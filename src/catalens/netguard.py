@@ -4,9 +4,10 @@ Catalog files come from outside; an image URL pointing at ``169.254.169.254`` or
 on the private network must not be fetched on their behalf. ``is_blocked_address`` is a pure
 classification; ``AddressGuard`` resolves a URL's host and applies it to every address.
 
-The check happens before the request, so a hostile DNS server could still answer a public
-address here and a private one to the HTTP client a moment later (DNS rebinding). Deployments
-that need that closed should also restrict egress at the network layer.
+``check_url`` returns the vetted address, and the fetcher connects to that address (with the
+original host in ``Host`` and TLS SNI) rather than letting the HTTP client resolve the name
+again: a hostile DNS server cannot answer a public address to the check and a private one to
+the connection a moment later (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -107,8 +108,10 @@ class AddressGuard:
         normalised = frozenset(_normalise_host(entry) for entry in self.allow_hosts)
         object.__setattr__(self, "allow_hosts", normalised)
 
-    def check_url(self, url: str) -> None:
-        """Return quietly if ``url`` may be fetched; raise ``BlockedURLError`` if not.
+    def check_url(self, url: str) -> str | None:
+        """The address to connect to if ``url`` may be fetched (an IPv4 one first, when the
+        host has several), ``None`` for an allowed host (connect by name); raise
+        ``BlockedURLError`` if it may not.
 
         A host that cannot be resolved raises ``FetchError`` (it is not blocked, just
         unreachable).
@@ -125,14 +128,16 @@ class AddressGuard:
         except ValueError:
             raise BlockedURLError(url, "URL has an invalid port") from None
         if self._allowed(host, port):
-            return
-        for address in self._addresses(url, host, port):
+            return None
+        addresses = self._addresses(url, host, port)
+        for address in addresses:
             try:
                 reason = is_blocked_address(address)
             except ValueError:
                 reason = "not an IP address"
             if reason is not None:
                 raise BlockedURLError(url, f"{host} resolves to {address} ({reason})")
+        return min(addresses, key=lambda address: ":" in address)  # IPv4 first, stable
 
     def _allowed(self, host: str, port: int) -> bool:
         candidates = {host, f"{host}:{port}", f"[{host}]:{port}"}

@@ -327,6 +327,43 @@ def test_guard_blocks_initial_url_without_a_request(
     assert sum(server.hits.values()) == 0
 
 
+def test_guard_connects_to_the_address_it_checked(
+    server: ImageServer, make_fetcher: Callable[..., ImageFetcher]
+) -> None:
+    """DNS rebinding: the check is told a public address, the system resolver would say
+    loopback. The fetcher dials the checked address, so the local server sees nothing."""
+    guard = AddressGuard(resolver=lambda host, port: ["93.184.216.34"])  # public
+    fetcher = make_fetcher(guard=guard, retries=0, timeout=0.5)
+    with pytest.raises(FetchError) as info:
+        fetcher.fetch(f"http://localhost:{server.port}/img.png")
+    assert not isinstance(info.value, BlockedURLError)  # allowed, then not reachable
+    assert sum(server.hits.values()) == 0
+
+
+def test_a_pinned_request_names_the_host_in_host_and_sni(
+    make_fetcher: Callable[..., ImageFetcher],
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/moved":
+            return httpx.Response(302, headers={"Location": "/img.png"})
+        return httpx.Response(200, content=PNG)
+
+    client = httpx.Client(transport=httpx.MockTransport(answer))
+    guard = AddressGuard(resolver=lambda host, port: ["2606:4700::1", "93.184.216.34"])
+    fetcher = make_fetcher(guard=guard, client=client)
+    assert fetcher.fetch("https://cdn.example.com:8443/moved").data == PNG
+    assert [str(r.url) for r in seen] == [
+        "https://93.184.216.34:8443/moved",
+        "https://93.184.216.34:8443/img.png",  # the redirect resolved against the name
+    ]
+    assert {r.headers["host"] for r in seen} == {"cdn.example.com:8443"}
+    assert {r.extensions["sni_hostname"] for r in seen} == {"cdn.example.com"}
+    client.close()
+
+
 # --- local files -----------------------------------------------------------------------------
 
 
