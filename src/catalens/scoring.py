@@ -34,9 +34,12 @@ ProductScores = dict[str, tuple[float, int]]
 """product id -> (score, the image id of its best view)."""
 
 
-MEMORY_CAP = 256 * 1024 * 1024
-"""A collection whose vectors fit in this many bytes keeps them in memory for the re-scoring;
-a larger one reads them from the ledger for each search."""
+MEMORY_CAP = 32 * 1024 * 1024
+"""A collection whose vectors fit in this many bytes (16k images of d=512) keeps a copy in
+memory for the re-scoring; a larger one reads the few it needs from the ledger per search.
+The copy is reloaded whole after every ledger change (a sync, a confirmed photo), which
+must stay cheap; FAISS stores hand back their own in-memory vectors anyway
+(``stores.base.HoldsVectors``)."""
 
 
 class ViewCache:
