@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
+import numpy as np
+from numpy.typing import NDArray
+
 from catalens import calibration, views
 from catalens.collection import Collection
 from catalens.errors import ConfigError, QueryNotFoundError
@@ -172,8 +175,16 @@ def _embed(
         service.embedder_for(collection), decoded, options.query_zooms, flip=options.query_flip
     )
     if observe:
-        collection.observe_query(query)
+        observe_query(collection, query)
     return QueryVectors(query, plain)
+
+
+def observe_query(collection: Collection, query: NDArray[np.float32]) -> None:
+    """Count a photo query into the collection's domain mean, then refit the calibration if
+    that mean has settled further (``refit_if_centering_moved``). Searches and feedback
+    photos both come through here, so the fit follows every query the mean has seen."""
+    collection.observe_query(query)
+    refit_if_centering_moved(collection)
 
 
 def refit_if_due(service: CatalensService, collection: Collection, *, force: bool = False) -> bool:

@@ -41,13 +41,13 @@ from catalens.feedback import (
     FeedbackResult,
     Verdict,
     give_feedback,
+    observe_query,
     query_bytes,
     recalibrate,
-    refit_if_centering_moved,
     refit_if_due,
 )
 from catalens.fetch import ImageFetcher
-from catalens.images import ImageLimits, decode_image, load_image
+from catalens.images import ImageLimits, decode_image
 from catalens.ingest import Ingestor, IngestReport, Progress
 from catalens.quality import SearchOptions, query_views
 from catalens.querylog import QueryLog, QueryVectors, model_key
@@ -462,7 +462,12 @@ class CatalensService:
         return self._ingest_lock(name)
 
     def confirmed_views(self, name: str, product_id: str | None = None) -> list[ConfirmedView]:
-        return views.list_views(self.collection(name), product_id)
+        """The confirmed views of one product (``ProductNotFoundError`` if there is no such
+        product), or of every product."""
+        collection = self.collection(name)
+        if product_id is not None:
+            views.require_product(collection, product_id)
+        return views.list_views(collection, product_id)
 
     def remove_views(
         self, name: str, product_id: str, view_ids: Sequence[int] | None = None
@@ -493,15 +498,9 @@ class CatalensService:
         """
         if isinstance(image, Image.Image):
             return image.convert("RGB")
-        if isinstance(image, bytes):
-            return decode_image(
-                image, source="query image", limits=self.limits, draft_size=draft_size
-            )
-        ref = str(image)
-        if ref.startswith(("http://", "https://")):
-            fetched = self.fetcher.fetch(ref)
-            return decode_image(fetched.data, source=ref, limits=self.limits, draft_size=draft_size)
-        return load_image(ref, limits=self.limits, draft_size=draft_size)
+        source = "query image" if isinstance(image, bytes) else str(image)
+        data = query_bytes(self, image)
+        return decode_image(data, source=source, limits=self.limits, draft_size=draft_size)
 
     def embed_image(self, image: QueryImage, *, model: str | None = None) -> NDArray[np.float32]:
         embedder = self.embedder(model)
@@ -597,8 +596,7 @@ class CatalensService:
                         "text tower: search it by image"
                     )
             if decoded is not None and observe:
-                collection.observe_query(vectors[key])
-                refit_if_centering_moved(collection)
+                observe_query(collection, vectors[key])
             hits.extend(
                 collection.search(
                     vectors[key],

@@ -92,10 +92,9 @@ def confirmed_count(collection: Collection) -> int:
     return int(rows[0][0])
 
 
-def save_photo(collection: Collection, data: bytes) -> tuple[str, str]:
-    """Save the photo's bytes under ``views/`` (once per content); (its ref, relative to the
-    collection's folder, and its hash)."""
-    digest = content_hash(data)
+def save_photo(collection: Collection, data: bytes, digest: str) -> str:
+    """Save the photo's bytes (whose ``content_hash`` is ``digest``) under ``views/``, once
+    per content; its ref, relative to the collection's folder."""
     ref = f"{VIEWS_DIR}/{digest}.{_extension(data)}"
     path = collection.directory / ref
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +102,7 @@ def save_photo(collection: Collection, data: bytes) -> tuple[str, str]:
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
-    return ref, digest
+    return ref
 
 
 def add_view(
@@ -119,13 +118,13 @@ def add_view(
     query_id: str | None = None,
 ) -> ViewChange:
     """Make ``photo`` a confirmed view of ``product_id`` (see the module docstring)."""
-    _require_product(collection, product_id)
+    require_product(collection, product_id)
     digest = content_hash(photo)
     mine = [row for row in collection.ledger.images_of(product_id) if row.content_hash == digest]
     if mine:  # the same bytes already are a view (or a catalog image) of this product
         existing = [v for v in list_views(collection, product_id) if v.content_hash == digest]
         return ViewChange(view=existing[0] if existing else None, added=False)
-    ref, _ = save_photo(collection, photo)
+    ref = save_photo(collection, photo, digest)
     changes = ChangeSet()
     removed: list[int] = []
     for image_id, other, other_ref in collection.ledger.query(
@@ -193,7 +192,7 @@ def remove_views(
 ) -> list[int]:
     """Remove some confirmed views of a product (all of them with ``view_ids=None``); the ids
     removed. An id that is not a confirmed view of that product is ignored."""
-    _require_product(collection, product_id)
+    require_product(collection, product_id)
     views = list_views(collection, product_id)
     chosen = [v for v in views if view_ids is None or v.view_id in set(view_ids)]
     if chosen:
@@ -217,7 +216,7 @@ def add_negative(
     query_id: str | None = None,
 ) -> int:
     """Record that ``query`` was not ``product_id``; the negative's id."""
-    _require_product(collection, product_id)
+    require_product(collection, product_id)
     with collection.ledger.transaction() as db:
         cursor = db.execute(
             "INSERT INTO negatives (product_id, content_hash, vector, created_at, user, "
@@ -251,7 +250,8 @@ def view_queries(collection: Collection) -> dict[int, NDArray[np.float32]]:
     return out
 
 
-def _require_product(collection: Collection, product_id: str) -> None:
+def require_product(collection: Collection, product_id: str) -> None:
+    """Raise ``ProductNotFoundError`` unless the collection has the product."""
     if product_id not in collection.ledger.get_products([product_id]):
         raise ProductNotFoundError(f"no product {product_id!r} in collection {collection.name!r}")
 
@@ -278,5 +278,6 @@ __all__ = [
     "negative_count",
     "remove_photo_view",
     "remove_views",
+    "require_product",
     "view_queries",
 ]

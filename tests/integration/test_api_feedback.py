@@ -131,3 +131,4 @@ def test_feedback_errors(client: httpx.Client, sample: SampleCatalog) -> None:
         404,
         "collection_not_found",
     )
+    _error(client.get("/v1/collections/demo/products/x/views"), 404, "product_not_found")

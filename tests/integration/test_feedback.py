@@ -235,9 +235,18 @@ def test_the_calibration_follows_the_domain_mean(
             assert isinstance(current, Calibration)
             fitted.append(current.centering_queries)
         assert fitted == [12] * 11 + [24] * 3
+        # Feedback photos are queries seen too: 30 "wrong" verdicts on a product the photos
+        # are not views of (no view changes, so no refit for the views) take the mean's
+        # queries from 26 past 48.
+        first_product = catalog.products[0]
+        others = [p for p in photos if p not in first_product.shopper_photos]
+        for photo in others * 3:
+            svc.feedback("shop", image=photo, verdict="wrong", product_id=first_product.id)
+        current = collection.calibration
+        assert isinstance(current, Calibration) and current.centering_queries == 48
         # Stored with the fit, so a reopened collection does not refit needlessly.
         stored = Calibration.loads(collection.ledger.get_meta("calibration"))
-        assert stored is not None and stored.centering_queries == 24
+        assert stored is not None and stored.centering_queries == 48
     finally:
         svc.close()
 

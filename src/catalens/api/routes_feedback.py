@@ -20,7 +20,6 @@ from catalens.api.schemas import FeedbackIn, FeedbackOut, ViewList, ViewOut, Vie
 from catalens.api.security import require_read_key, require_write_key
 from catalens.api.state import AppState, StateDep
 from catalens.api.uploads import decode_base64_image
-from catalens.errors import ProductNotFoundError
 from catalens.views import ConfirmedView
 
 __all__ = ["router"]
@@ -86,9 +85,6 @@ async def post_feedback(
 @router.get("/collections/{name}/products/{product_id}/views", dependencies=READ)
 def list_views(name: str, product_id: str, request: Request, state: StateDep) -> ViewList:
     """The confirmed shopper photos of a product, with their provenance."""
-    collection = state.service.collection(name)
-    if collection.ledger.get_product(product_id) is None:
-        raise ProductNotFoundError(f"no product {product_id!r} in collection {name!r}")
     views = state.service.confirmed_views(name, product_id)
     return ViewList(
         collection=name,
