@@ -48,9 +48,9 @@ from _common import (
     vit_b32,
     write_results,
 )
-from catalens.collection import SourceConfig
+from catalens.collection.collection import SourceConfig
 from catalens.embedders.onnx_export import sample_images
-from catalens.service import build_service
+from catalens.service.service import build_service
 from catalens.settings import Settings
 
 LEVELS = (1, 8, 32)

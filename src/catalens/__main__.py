@@ -1,5 +1,5 @@
 """``python -m catalens``."""
 
-from catalens.cli import main
+from catalens.cli.commands import main
 
 main()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from catalens.sample import SampleCatalog, generate_sample_catalog
+from catalens.sample.catalog import SampleCatalog, generate_sample_catalog
 
 
 def _run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

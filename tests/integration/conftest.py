@@ -24,9 +24,9 @@ import httpx
 import pytest
 import uvicorn
 
-from catalens.collection import SourceConfig
-from catalens.sample import SampleCatalog, generate_sample_catalog
-from catalens.service import build_service
+from catalens.collection.collection import SourceConfig
+from catalens.sample.catalog import SampleCatalog, generate_sample_catalog
+from catalens.service.service import build_service
 from catalens.settings import Settings
 
 

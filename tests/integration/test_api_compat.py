@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from catalens.sample import SampleCatalog
+from catalens.sample.catalog import SampleCatalog
 
 THRESHOLD = 0.3
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from catalens.sample import SampleCatalog
+from catalens.sample.catalog import SampleCatalog
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from catalens.sample import SampleCatalog
+from catalens.sample.catalog import SampleCatalog
 
 MAX_UPLOAD = 2_000_000
 BIG = 50 * 1024 * 1024

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from catalens.api.app import app_from_env
 from catalens.api.legacy_env import LEGACY_ENV, legacy_overrides, settings_from_env
-from catalens.cli import app as cli
+from catalens.cli.commands import app as cli
 
 SEED_ENV = {
     "DEVICE": "cpu",

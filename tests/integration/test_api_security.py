@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from catalens.api.security import check_key
-from catalens.sample import SampleCatalog
+from catalens.sample.catalog import SampleCatalog
 from catalens.settings import Settings
 
 KEYS = ("first-key", "second-key")

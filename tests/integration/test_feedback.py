@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalens.calibration import Calibration
-from catalens.collection import SourceConfig
+from catalens.collection.collection import SourceConfig
 from catalens.errors import ConfigError, ProductNotFoundError, QueryNotFoundError
-from catalens.feedback import calibrated_without
-from catalens.sample import SampleCatalog, generate_sample_catalog
-from catalens.service import CatalensService, build_service
+from catalens.feedback.verdicts import calibrated_without
+from catalens.sample.catalog import SampleCatalog, generate_sample_catalog
+from catalens.search.calibration import Calibration
+from catalens.service.service import CatalensService, build_service
 from catalens.settings import Settings
 from catalens.types import Hit
 

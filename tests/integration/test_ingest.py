@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from catalens.collection import SourceConfig
+from catalens.collection.collection import SourceConfig
 from catalens.errors import ModelMismatchError
-from catalens.service import CatalensService, build_service
+from catalens.service.service import CatalensService, build_service
 from catalens.settings import FALLBACK_MODEL, Settings
 
 

@@ -28,7 +28,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from catalens.sample import SampleCatalog, generate_sample_catalog
+from catalens.sample.catalog import SampleCatalog, generate_sample_catalog
 from catalens.settings import Settings
 
 pytestmark = pytest.mark.slow

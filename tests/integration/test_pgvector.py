@@ -22,9 +22,9 @@ import pytest
 from numpy.typing import NDArray
 from psycopg import sql
 
-from catalens.collection import SourceConfig
+from catalens.collection.collection import SourceConfig
 from catalens.errors import ConfigError, ModelMismatchError, StoreError
-from catalens.service import CatalensService, build_service
+from catalens.service.service import CatalensService, build_service
 from catalens.settings import Settings
 from catalens.stores import FaissOptions, FaissStore
 from catalens.stores.pg_local import local_dsn, stop_local

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catalens.calibration import MATCH, NO_MATCH, Calibration, features, fit
 from catalens.embedders.base import l2_normalize
-from catalens.ledger import Ledger
-from catalens.quality import SearchOptions
+from catalens.ledger.sqlite import Ledger
+from catalens.search.calibration import MATCH, NO_MATCH, Calibration, features, fit
+from catalens.search.query_crops import SearchOptions
 from catalens.types import Product
 
 DIM = 16

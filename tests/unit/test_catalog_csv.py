@@ -17,7 +17,7 @@ from catalens.catalog import (
     detect_format,
     open_catalog,
 )
-from catalens.catalog.images import ImageFieldError, parse_image_field
+from catalens.catalog.image_refs import ImageFieldError, parse_image_field
 from catalens.errors import CatalogError, ConfigError
 from catalens.types import RejectedRow
 

@@ -18,7 +18,7 @@ def test_cli_reference_is_current(tmp_path: Path) -> None:
     subprocess.run(
         [
             str(typer_cli),
-            "catalens.cli",
+            "catalens.cli.commands",
             "utils",
             "docs",
             "--name",

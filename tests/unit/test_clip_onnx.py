@@ -20,14 +20,14 @@ pytest.importorskip("onnxscript")
 from tiny_clip import PROJECTION, make_tiny_clip
 from typer.testing import CliRunner
 
-from catalens.cli import app
+from catalens.cli.commands import app
 from catalens.embedders import ClipRuntime, embed_images, has_text_tower, load_embedder
 from catalens.embedders.clip import ClipEmbedder
 from catalens.embedders.clip_onnx import ClipOnnxEmbedder, split_variant
 from catalens.embedders.onnx_export import MANIFEST, export_dir, safe_name, sample_images
 from catalens.embedders.preprocess import Preprocessing
 from catalens.errors import ModelError
-from catalens.service import CatalensService
+from catalens.service.service import CatalensService
 from catalens.settings import Settings
 
 TEXTS = ["a red apple", "oat milk 1 l", "x" * 200]  # the last one is truncated

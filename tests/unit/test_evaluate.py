@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from catalens.errors import CatalogError
-from catalens.evaluate import Query, QueryResult, read_queries, score
+from catalens.eval.evaluate import Query, QueryResult, read_queries, score
 
 
 def _result(relevant: str, ranked: list[str]) -> QueryResult:

@@ -23,9 +23,9 @@ from catalens.errors import (
     ImageError,
     ImageTooLargeError,
 )
-from catalens.fetch import FetchedImage, ImageFetcher
-from catalens.images import content_hash
-from catalens.netguard import AddressGuard
+from catalens.ingest.decode import content_hash
+from catalens.ingest.fetch import FetchedImage, ImageFetcher
+from catalens.ingest.url_guard import AddressGuard
 
 
 def png_bytes(color: tuple[int, int, int] = (255, 0, 0)) -> bytes:

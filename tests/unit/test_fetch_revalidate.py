@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from catalens.errors import FetchError
-from catalens.fetch import ImageFetcher
-from catalens.images import content_hash
+from catalens.ingest.decode import content_hash
+from catalens.ingest.fetch import ImageFetcher
 
 
 def png(color: tuple[int, int, int]) -> bytes:

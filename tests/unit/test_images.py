@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from catalens.errors import ImageDecodeError, ImageError, ImageTooLargeError
-from catalens.images import (
+from catalens.ingest.decode import (
     ImageLimits,
     check_image_bytes,
     content_hash,

@@ -13,11 +13,11 @@ from typing import Any, cast
 
 import pytest
 
-from catalens.collection import SourceConfig
+from catalens.api.jobs import MAX_FAILURES, Job, JobManager, Scheduler
+from catalens.collection.collection import SourceConfig
 from catalens.errors import CatalensError, CatalogError, CollectionNotFoundError
-from catalens.ingest import FailedImage, IngestReport, Progress
-from catalens.jobs import MAX_FAILURES, Job, JobManager, Scheduler
-from catalens.service import CatalensService
+from catalens.ingest.pipeline import FailedImage, IngestReport, Progress
+from catalens.service.service import CatalensService
 from catalens.types import RejectedRow, ValidationReport
 
 
@@ -152,7 +152,7 @@ def test_failed_syncs_carry_the_reason(
 
     manager = JobManager(cast(CatalensService, service), on_finish=on_finish)
     service.error = CatalogError("REST catalog http://127.0.0.1:1/medicines: HTTP 500 (3 attempts)")
-    with caplog.at_level(logging.WARNING, logger="catalens.jobs"):
+    with caplog.at_level(logging.WARNING, logger="catalens.api.jobs"):
         job = manager.run_sync("shop")
     assert job.state == "failed"
     assert job.error == "REST catalog http://127.0.0.1:1/medicines: HTTP 500 (3 attempts)"

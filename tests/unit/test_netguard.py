@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from catalens.errors import BlockedURLError, FetchError
-from catalens.netguard import AddressGuard, is_blocked_address
+from catalens.ingest.url_guard import AddressGuard, is_blocked_address
 
 
 @pytest.mark.parametrize(

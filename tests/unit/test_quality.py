@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalens.quality import DomainCentering, center_crop, centered_scores
+from catalens.search.query_crops import DomainCentering, center_crop, centered_scores
 
 
 def test_center_crop_keeps_the_middle() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catalens.querylog import QueryLog, QueryVectors, model_key
+from catalens.ledger.query_log import QueryLog, QueryVectors, model_key
 from catalens.types import ModelIdentity
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from catalens.errors import ConfigError
-from catalens.sample import SampleCatalog, generate_sample_catalog
+from catalens.sample.catalog import SampleCatalog, generate_sample_catalog
 
 SEED_001_COLUMNS = ["shopify_product_id", "title", "images", "preview_image", "category"]
 

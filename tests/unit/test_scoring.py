@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from catalens.embedders.base import l2_normalize
-from catalens.ledger import Ledger
-from catalens.quality import SearchOptions
-from catalens.scoring import ViewCache, negative_penalty, score_products
+from catalens.ledger.sqlite import Ledger
+from catalens.search.query_crops import SearchOptions
+from catalens.search.scoring import ViewCache, negative_penalty, score_products
 from catalens.types import ImageMatch, Product
 
 

@@ -20,12 +20,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from catalens import __version__
 from catalens.api import routes_compat, routes_feedback, routes_v1
 from catalens.api.errors import install_error_handlers
+from catalens.api.jobs import JobManager, Scheduler
 from catalens.api.legacy_env import settings_from_env
 from catalens.api.metrics import ApiMetrics, MetricsMiddleware
 from catalens.api.state import AppState, QueryFetcher
 from catalens.api.uploads import UploadLimitMiddleware
-from catalens.jobs import JobManager, Scheduler
-from catalens.service import build_service
+from catalens.service.service import build_service
 from catalens.settings import Settings
 
 __all__ = ["app_from_env", "create_app"]

@@ -28,8 +28,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from catalens.jobs import Job
-    from catalens.service import CatalensService
+    from catalens.api.jobs import Job
+    from catalens.service.service import CatalensService
 
 __all__ = ["ApiMetrics", "MetricsMiddleware"]
 

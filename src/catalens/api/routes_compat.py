@@ -35,8 +35,8 @@ from catalens.api.schemas import (
 from catalens.api.security import require_read_key, require_write_key
 from catalens.api.state import AppState, StateDep, default_collection, image_link, link_for
 from catalens.api.uploads import read_upload_sync
-from catalens.collection import Collection
-from catalens.service import ALL
+from catalens.collection.collection import Collection
+from catalens.service.service import ALL
 from catalens.types import Hit
 
 __all__ = ["REFRESH_WAIT_SECONDS", "router"]

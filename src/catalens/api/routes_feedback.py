@@ -20,7 +20,7 @@ from catalens.api.schemas import FeedbackIn, FeedbackOut, ViewList, ViewOut, Vie
 from catalens.api.security import require_read_key, require_write_key
 from catalens.api.state import AppState, StateDep
 from catalens.api.uploads import decode_base64_image
-from catalens.views import ConfirmedView
+from catalens.feedback.confirmed_photos import ConfirmedView
 
 __all__ = ["router"]
 

@@ -47,8 +47,8 @@ from catalens.api.security import require_read_key, require_write_key
 from catalens.api.state import AppState, StateDep, image_link, link_for
 from catalens.api.uploads import decode_base64_image, read_upload
 from catalens.errors import CatalensError, ImageError, ProductNotFoundError
-from catalens.images import sniff_format
-from catalens.service import ALL, CollectionSummary
+from catalens.ingest.decode import sniff_format
+from catalens.service.service import ALL, CollectionSummary
 from catalens.types import Hit
 
 __all__ = ["router", "service_router"]

@@ -7,8 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
-from catalens.collection import SourceConfig
-from catalens.service import CollectionSummary
+from catalens.collection.collection import SourceConfig
+from catalens.service.service import CollectionSummary
 from catalens.types import Product
 
 # -- collections -------------------------------------------------------------------------

@@ -20,13 +20,13 @@ from fastapi import Depends, Request
 
 from catalens import __version__
 from catalens.api.errors import ApiError
+from catalens.api.jobs import JobManager, Scheduler
 from catalens.api.metrics import ApiMetrics
-from catalens.collection import Collection, SourceConfig
+from catalens.collection.collection import Collection, SourceConfig
 from catalens.errors import BlockedURLError, CollectionNotFoundError
-from catalens.fetch import ImageFetcher
-from catalens.jobs import JobManager, Scheduler
-from catalens.netguard import AddressGuard
-from catalens.service import CatalensService
+from catalens.ingest.fetch import ImageFetcher
+from catalens.ingest.url_guard import AddressGuard
+from catalens.service.service import CatalensService
 from catalens.settings import Settings
 
 __all__ = [

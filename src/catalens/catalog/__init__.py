@@ -14,7 +14,7 @@ from typing import Any, Literal
 from catalens.catalog.base import CatalogSource
 from catalens.catalog.csv_source import CsvSource
 from catalens.catalog.folder import FolderSource
-from catalens.catalog.images import IMAGE_EXTENSIONS
+from catalens.catalog.image_refs import IMAGE_EXTENSIONS
 from catalens.catalog.jsonl import JsonlSource
 from catalens.catalog.mapping import ColumnMapping
 from catalens.catalog.rest import RestSource

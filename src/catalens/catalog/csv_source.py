@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from catalens.catalog.images import parse_image_field
+from catalens.catalog.image_refs import parse_image_field
 from catalens.catalog.mapping import (
     ID_NAMES,
     TITLE_NAMES,

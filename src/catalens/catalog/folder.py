@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from catalens.catalog.images import has_image_extension
+from catalens.catalog.image_refs import has_image_extension
 from catalens.catalog.mapping import SeenIds, check_max_images
 from catalens.errors import CatalogError
 from catalens.types import Product, RejectedRow, ValidationReport

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from catalens.catalog.images import (
+from catalens.catalog.image_refs import (
     ImageFieldError,
     ParsedImages,
     parse_image_field,

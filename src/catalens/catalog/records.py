@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalens.catalog.images import ImageFieldError, ParsedImages, merge_refs, resolve_ref
+from catalens.catalog.image_refs import ImageFieldError, ParsedImages, merge_refs, resolve_ref
 from catalens.catalog.mapping import TITLE_NAMES, ColumnMapping, SeenIds, find_name, first_known
 from catalens.types import Product, RejectedRow, ValidationReport
 

@@ -16,7 +16,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from catalens import __version__
-from catalens.catalog.images import merge_refs
+from catalens.catalog.image_refs import merge_refs
 from catalens.catalog.mapping import (
     ID_NAMES,
     IMAGE_NAMES,

@@ -37,8 +37,8 @@ from catalens.errors import (
     FetchError,
     ImageTooLargeError,
 )
-from catalens.images import check_image_bytes, content_hash, read_image_file
-from catalens.netguard import AddressGuard
+from catalens.ingest.decode import check_image_bytes, content_hash, read_image_file
+from catalens.ingest.url_guard import AddressGuard
 
 __all__ = ["FetchedImage", "ImageFetcher"]
 

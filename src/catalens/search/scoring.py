@@ -26,8 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from catalens.embedders.base import l2_normalize
-from catalens.ledger import Ledger
-from catalens.quality import SearchOptions
+from catalens.ledger.sqlite import Ledger
+from catalens.search.query_crops import SearchOptions
 from catalens.types import ImageMatch
 
 ProductScores = dict[str, tuple[float, int]]

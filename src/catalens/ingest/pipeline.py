@@ -30,13 +30,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from catalens.catalog.base import CatalogSource
-from catalens.collection import ChangeSet, Collection, ImageChange
+from catalens.collection.collection import ChangeSet, Collection, ImageChange
 from catalens.embedders.base import Embedder
 from catalens.embedders.preprocess import Preprocessing
 from catalens.errors import CatalensError, ModelError
-from catalens.fetch import ImageFetcher
-from catalens.images import ImageLimits, content_hash, decode_image
-from catalens.ledger import ImageRow
+from catalens.ingest.decode import ImageLimits, content_hash, decode_image
+from catalens.ingest.fetch import ImageFetcher
+from catalens.ledger.sqlite import ImageRow
 from catalens.types import Product, ValidationReport
 
 T = TypeVar("T")

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from catalens.errors import ConfigError
-from catalens.sample_photos import PHOTO_SIZE, shade, shopper_photo
+from catalens.sample.photos import PHOTO_SIZE, shade, shopper_photo
 
 __all__ = ["SampleCatalog", "SampleProduct", "generate_sample_catalog"]
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from catalens.errors import CatalensError, ConfigError
-from catalens.evaluate import SHUFFLED, EvalReport, Query, evaluate
-from catalens.service import CatalensService
+from catalens.eval.evaluate import SHUFFLED, EvalReport, Query, evaluate
+from catalens.service.service import CatalensService
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``."""

@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from catalens.calibration import META_KEY as CALIBRATION_KEY
-from catalens.calibration import STATS_DEPTH, Calibration, NoCalibration
+from catalens.collection.locks import ReadWriteLock
 from catalens.errors import CollectionNotFoundError, ConfigError, ModelMismatchError
-from catalens.ledger import Ledger, metadata_matches
-from catalens.quality import DomainCentering, SearchOptions, centered_scores
-from catalens.rwlock import ReadWriteLock
-from catalens.scoring import ViewCache, score_products
+from catalens.ledger.sqlite import Ledger, metadata_matches
+from catalens.search.calibration import META_KEY as CALIBRATION_KEY
+from catalens.search.calibration import STATS_DEPTH, Calibration, NoCalibration
+from catalens.search.query_crops import DomainCentering, SearchOptions, centered_scores
+from catalens.search.scoring import ViewCache, score_products
 from catalens.stores.base import HoldsVectors, VectorStore
 from catalens.types import Hit, ImageMatch, ModelIdentity, Product
 

@@ -11,10 +11,10 @@ from urllib.parse import urlparse
 from rich.console import Console
 from rich.table import Table
 
-from catalens.collection import SourceConfig
+from catalens.collection.collection import SourceConfig
 from catalens.errors import CatalensError, ModelError
-from catalens.sample import generate_sample_catalog
-from catalens.service import CatalensService
+from catalens.sample.catalog import generate_sample_catalog
+from catalens.service.service import CatalensService
 from catalens.settings import DEFAULT_MODEL, FALLBACK_MODEL
 
 

@@ -20,11 +20,9 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from catalens import views
-from catalens.calibration import Calibration
 from catalens.catalog import ColumnMapping, open_catalog
 from catalens.catalog.base import CatalogSource
-from catalens.collection import (
+from catalens.collection.collection import (
     ChangeSet,
     Collection,
     CollectionConfig,
@@ -37,7 +35,9 @@ from catalens.embedders import ClipRuntime, Preprocessing, load_embedder
 from catalens.embedders.base import Embedder, TextEmbedder, embed_images, has_text_tower
 from catalens.embedders.onnx_export import ExportResult
 from catalens.errors import CatalensError, CollectionNotFoundError, ConfigError, ModelError
-from catalens.feedback import (
+from catalens.feedback import confirmed_photos as views
+from catalens.feedback.confirmed_photos import ConfirmedView
+from catalens.feedback.verdicts import (
     FeedbackResult,
     Verdict,
     give_feedback,
@@ -46,16 +46,16 @@ from catalens.feedback import (
     recalibrate,
     refit_if_due,
 )
-from catalens.fetch import ImageFetcher
-from catalens.images import ImageLimits, decode_image
-from catalens.ingest import Ingestor, IngestReport, Progress
-from catalens.quality import SearchOptions, query_views
-from catalens.querylog import QueryLog, QueryVectors, model_key
+from catalens.ingest.decode import ImageLimits, decode_image
+from catalens.ingest.fetch import ImageFetcher
+from catalens.ingest.pipeline import Ingestor, IngestReport, Progress
+from catalens.ledger.query_log import QueryLog, QueryVectors, model_key
+from catalens.search.calibration import Calibration
+from catalens.search.query_crops import SearchOptions, query_views
 from catalens.settings import Settings
 from catalens.stores.base import VectorStore
 from catalens.stores.faiss_store import FaissOptions, FaissStore
 from catalens.types import Hit, Product, SearchResult
-from catalens.views import ConfirmedView
 
 EmbedderLoader = Callable[[str], Embedder]
 QueryImage = bytes | Path | str | Image.Image

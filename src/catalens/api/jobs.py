@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from catalens.errors import CatalensError
 
 if TYPE_CHECKING:
-    from catalens.ingest import IngestReport
-    from catalens.service import CatalensService
+    from catalens.ingest.pipeline import IngestReport
+    from catalens.service.service import CatalensService
 
 __all__ = ["MAX_FAILURES", "Job", "JobManager", "JobState", "Scheduler"]
 

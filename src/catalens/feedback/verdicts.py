@@ -27,18 +27,19 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 from numpy.typing import NDArray
 
-from catalens import calibration, views
-from catalens.collection import Collection
+from catalens.collection.collection import Collection
 from catalens.errors import ConfigError, QueryNotFoundError
-from catalens.images import content_hash, read_image_file
-from catalens.quality import query_views
-from catalens.querylog import QueryVectors, model_key
-from catalens.views import ConfirmedView
+from catalens.feedback import confirmed_photos as views
+from catalens.feedback.confirmed_photos import ConfirmedView
+from catalens.ingest.decode import content_hash, read_image_file
+from catalens.ledger.query_log import QueryVectors, model_key
+from catalens.search import calibration
+from catalens.search.query_crops import query_views
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from catalens.service import CatalensService, QueryImage
+    from catalens.service.service import CatalensService, QueryImage
 
 Verdict = Literal["correct", "wrong", "actually"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)

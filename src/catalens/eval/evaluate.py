@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from catalens.calibration import MATCH
 from catalens.errors import CatalensError, CatalogError, ConfigError
-from catalens.feedback import calibrated_without
-from catalens.service import CatalensService
+from catalens.feedback.verdicts import calibrated_without
+from catalens.search.calibration import MATCH
+from catalens.service.service import CatalensService
 
 CUTOFFS = (1, 5, 10)
 

@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from catalens.evalloop import CurvePoint
-from catalens.evaluate import EvalReport
+from catalens.eval.evaluate import EvalReport
+from catalens.eval.feedback_curve import CurvePoint
 
 
 def _number(value: Any, digits: int = 4) -> str:

@@ -27,10 +27,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from catalens.collection import SourceConfig
+from catalens.collection.collection import SourceConfig
 from catalens.errors import CatalensError
-from catalens.ingest import IngestReport
-from catalens.service import ALL, CatalensService, build_service
+from catalens.ingest.pipeline import IngestReport
+from catalens.service.service import ALL, CatalensService, build_service
 from catalens.settings import Settings
 
 app = typer.Typer(
@@ -331,9 +331,9 @@ def eval_command(
 ) -> None:
     """Measure retrieval quality: recall@1/5/10, precision@k, MRR, mAP, latency, and how
     well the calibrated verdicts separate matches from products not in the catalog."""
-    from catalens.cli_report import print_curve, print_eval
-    from catalens.evalloop import feedback_curve, parse_curve
-    from catalens.evaluate import evaluate, parse_out_of_catalog, read_queries
+    from catalens.cli.report import print_curve, print_eval
+    from catalens.eval.evaluate import evaluate, parse_out_of_catalog, read_queries
+    from catalens.eval.feedback_curve import feedback_curve, parse_curve
 
     looping = simulate_feedback is not None or curve is not None
     if looping and feedback_pool is None:
@@ -385,7 +385,7 @@ def eval_command(
 @app.command()
 def doctor(model: Annotated[str | None, typer.Option(help="Model to try loading.")] = None) -> None:
     """Check the installation: versions, model loadable, store writable. One line each."""
-    from catalens.doctor import run_checks
+    from catalens.cli.doctor import run_checks
 
     failed = False
     for check in run_checks(_settings(), model=model):
@@ -409,7 +409,7 @@ def demo(
     port: Annotated[int, typer.Option(help="Port for --serve.")] = 8000,
 ) -> None:
     """Generate a sample catalog, ingest it, and search its shopper photos."""
-    from catalens.demo import run_demo
+    from catalens.cli.demo import run_demo
 
     with _service() as service:
         ok = run_demo(service, directory, collection=collection, model=model, console=out)

@@ -25,9 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from catalens.collection import VIEWS_DIR, ChangeSet, Collection, ImageChange, ViewProvenance
+from catalens.collection.collection import (
+    VIEWS_DIR,
+    ChangeSet,
+    Collection,
+    ImageChange,
+    ViewProvenance,
+)
 from catalens.errors import ProductNotFoundError
-from catalens.images import content_hash, sniff_format
+from catalens.ingest.decode import content_hash, sniff_format
 
 CONFIRMED = "confirmed"
 CONFIRMING_VERDICTS = ("correct", "actually")
