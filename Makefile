@@ -26,6 +26,7 @@ demo: install
 lint: install
 	$(PY) -m ruff check src tests bench
 	$(PY) -m ruff format --check src tests bench
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(PY) -m mypy
