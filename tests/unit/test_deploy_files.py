@@ -99,10 +99,11 @@ def test_health_checks(compose: dict[str, Any], dockerfile: str) -> None:
     db_check = " ".join(compose["services"]["db"]["healthcheck"]["test"])
     assert "pg_isready" in db_check
     app_check = " ".join(compose["services"]["catalens"]["healthcheck"]["test"])
-    assert "127.0.0.1:8000/health" in app_check
+    # /ready answers 503 until the models are loaded: a replica is healthy once it can search.
+    assert "127.0.0.1:8000/ready" in app_check
     healthcheck = re.search(r"^HEALTHCHECK .*$", dockerfile, re.MULTILINE)
     assert healthcheck is not None
-    assert "127.0.0.1:8000/health" in healthcheck.group(0)
+    assert "127.0.0.1:8000/ready" in healthcheck.group(0)
 
 
 def test_dockerfile(compose: dict[str, Any], dockerfile: str) -> None:
