@@ -39,7 +39,7 @@ format: install
 	$(PY) -m ruff check --fix src tests bench
 
 docs: install
-	$(VENV)/bin/typer catalens.cli utils docs --name catalens --title "catalens CLI reference" --output docs/cli.md
+	$(VENV)/bin/typer catalens.cli.commands utils docs --name catalens --title "catalens CLI reference" --output docs/cli.md
 
 clean:
 	rm -rf $(VENV) demo-data test-artifacts .mypy_cache .ruff_cache .pytest_cache

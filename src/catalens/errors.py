@@ -6,14 +6,18 @@ CLI/API layers prints or exits.
 
     CatalensError
     ├── ConfigError                 bad settings or arguments (unknown model, store URL, ...)
+    │   ├── AlreadyExistsError      a collection of that name exists already
+    │   └── MissingExtraError       an optional extra is not installed (``missing_extra``)
     ├── ImageError                  one image could not be used; names the file and why
     │   ├── ImageDecodeError        empty, truncated, corrupt, or not an image at all
     │   └── ImageTooLargeError      over the byte or pixel limit (decompression bomb)
     ├── FetchError                  a URL could not be downloaded (404, timeout, too big, ...)
     │   └── BlockedURLError         refused by the address guard (loopback, private, metadata)
+    ├── BlockedPathError            a local file the caller may not make the server read
     ├── CatalogError                a catalog source cannot be read at all
     ├── ModelError                  a model cannot be loaded or run
-    │   └── ModelMismatchError      a collection used with a model other than its own
+    │   ├── ModelMismatchError      a collection used with a model other than its own
+    │   └── NoTextTowerError        a text query for a model that only embeds images
     ├── StoreError                  the vector store cannot be opened or written
     ├── CollectionNotFoundError     no collection of that name
     ├── ProductNotFoundError        no product of that id in the collection
@@ -29,6 +33,10 @@ class CatalensError(Exception):
 
 class ConfigError(CatalensError):
     """Settings or arguments that cannot work."""
+
+
+class AlreadyExistsError(ConfigError):
+    """A collection of that name exists already."""
 
 
 class ImageError(CatalensError):
@@ -61,6 +69,11 @@ class BlockedURLError(FetchError):
     """A URL whose host resolves to an address the guard refuses."""
 
 
+class BlockedPathError(CatalensError):
+    """A local path named by a caller that may not make the server read its own files (an
+    HTTP upsert naming a file outside ``api_local_image_dirs``)."""
+
+
 class CatalogError(CatalensError):
     """A catalog source that cannot be read at all (missing file, unknown format, ...)."""
 
@@ -71,6 +84,10 @@ class ModelError(CatalensError):
 
 class ModelMismatchError(ModelError):
     """A collection opened with a model other than the one its vectors were made with."""
+
+
+class NoTextTowerError(ModelError):
+    """A text query (or text embedding) for a model that only embeds images."""
 
 
 class StoreError(CatalensError):
@@ -87,3 +104,20 @@ class ProductNotFoundError(CatalensError):
 
 class QueryNotFoundError(CatalensError):
     """No kept query of that id: never issued, or past the retention time or count."""
+
+
+class MissingExtraError(ConfigError):
+    """A feature whose optional extra is not installed; ``extra`` names it (``serve``, ...)."""
+
+    def __init__(self, message: str, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+def missing_extra(extra: str, what: str, missing: str | None = None) -> MissingExtraError:
+    """The one way to say an extra is missing: ``what`` needs it, ``missing`` is the module
+    that failed to import, and the message ends with the install command."""
+    cause = f" ({missing} is missing)" if missing else ""
+    return MissingExtraError(
+        f"{what} needs the {extra} extra{cause}: pip install 'catalens[{extra}]'", extra
+    )

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     url_allowlist: tuple[str, ...] = ()
     """Hosts (or host:port) that search-by-URL may fetch even though they are internal."""
     url_fetch_timeout: float = Field(default=10.0, gt=0)
+    api_local_image_dirs: tuple[Path, ...] = ()
+    """Directories whose files the HTTP API may make the server read (a JSON list in the
+    environment): images of upserted products, a catalog file or folder given as a
+    collection's source, and the images that catalog names. Empty: the API may name only
+    http(s) URLs, fetched behind the address guard; the CLI and library read any local path."""
 
     # Live sync with a shop backend
     refresh_seconds: float = Field(default=0.0, ge=0)

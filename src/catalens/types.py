@@ -114,10 +114,15 @@ class Hit:
     collection has no calibration (too few products to fit one)."""
     probability: float | None = None
     """The calibrated probability that this product is the one in the query."""
+    image_id: int | None = None
+    """The collection's id of ``image`` (what its image links are built from); ``None`` when
+    the product has no image to show."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The hit as the CLI and library print it (the image id is internal: left out)."""
         data = asdict(self)
         data["metadata"] = dict(self.metadata)
+        del data["image_id"]
         return data
 
 

@@ -11,9 +11,6 @@ cannot start.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +18,12 @@ from typing import Any
 
 import faiss
 import numpy as np
-import psycopg
 import pytest
 from numpy.typing import NDArray
 
 from catalens.errors import StoreError
 from catalens.settings import Metric
 from catalens.stores import FaissOptions, FaissStore, VectorStore
-from catalens.stores.pg_local import local_dsn, stop_local
 from catalens.types import ImageMatch
 
 DIM = 32
@@ -60,7 +55,8 @@ def _faiss(options: FaissOptions) -> Callable[[Path, int], VectorStore]:
 
 
 _PG: dict[str, Any] = {"dsn": None, "open": []}
-"""The session's DSN (set by ``pg_dsn``) and the stores a test opened (closed after it)."""
+"""The session's DSN (``pg_dsn``, put here by ``kind``) and the stores a test opened
+(closed after it)."""
 
 
 def _pgvector(**options: Any) -> Callable[[Path, int], VectorStore]:
@@ -101,25 +97,6 @@ STORE_KINDS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def pg_dsn() -> Iterator[str]:
-    """One PostgreSQL + pgvector (pgserver) for the session, outside pytest's private tmp
-    (the server runs as another user when pytest runs as root)."""
-    root = Path(tempfile.gettempdir()) / f"catalens-pgtest-{os.getpid()}"
-    try:
-        dsn = local_dsn(root / "data")
-    except (ImportError, StoreError) as exc:
-        pytest.skip(f"PostgreSQL with pgvector could not start through pgserver: {exc}")
-    with psycopg.connect(dsn, autocommit=True) as conn:  # a throwaway server: no durability
-        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
-            conn.execute(f"ALTER SYSTEM SET {setting} = off")
-        conn.execute("SELECT pg_reload_conf()")
-    _PG["dsn"] = dsn
-    yield dsn
-    stop_local(root / "data")
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture(
     params=[
         pytest.param(k, id=k.name, marks=[pytest.mark.postgres] if k.postgres else [])
@@ -129,7 +106,7 @@ def pg_dsn() -> Iterator[str]:
 def kind(request: pytest.FixtureRequest) -> Iterator[StoreKind]:
     result: StoreKind = request.param
     if result.postgres:
-        request.getfixturevalue("pg_dsn")
+        _PG["dsn"] = request.getfixturevalue("pg_dsn")  # tests/conftest.py
     yield result
     while _PG["open"]:
         _PG["open"].pop().close()

@@ -18,6 +18,7 @@ def _run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "catalens", *args],
         env=env,
+        stdin=subprocess.DEVNULL,  # as in a script: nobody answers a question
         capture_output=True,
         text=True,
         timeout=300,
@@ -119,7 +120,10 @@ def test_doctor_reports_each_check(tmp_path: Path, mobilenet_dir: Path) -> None:
 
 
 def test_delete_collection(ingested: Path) -> None:
-    assert _run(ingested, "delete", "-c", "shop").returncode == 0
+    refused = _run(ingested, "delete", "-c", "shop")
+    assert refused.returncode == 1
+    assert "pass --yes" in refused.stderr
+    assert _run(ingested, "delete", "-c", "shop", "--yes").returncode == 0
     assert json.loads(_run(ingested, "collections", "--json").stdout) == []
 
 

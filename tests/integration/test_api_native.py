@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import csv
+import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,10 +18,23 @@ from catalens.sample.catalog import SampleCatalog
 
 
 @pytest.fixture(scope="module")
-def server(serve_sample, image_server) -> Iterator[Any]:
+def server(
+    serve_sample, image_server, sample: SampleCatalog, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     allowlist = (f"127.0.0.1:{image_server.port}",)
-    with serve_sample("api-native", url_allowlist=allowlist) as running:
+    # Upserts here name the sample's image files, and sources the catalogs a test writes to
+    # its own folder: the operator allows those two.
+    allowed = (sample.root / "images", tmp_path_factory.mktemp("api-catalogs"))
+    with serve_sample(
+        "api-native", url_allowlist=allowlist, api_local_image_dirs=allowed
+    ) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def catalogs(server: Any) -> Path:
+    """The folder a source created over HTTP may name (in ``api_local_image_dirs``)."""
+    return Path(server.settings.api_local_image_dirs[1])
 
 
 def _photo(sample: SampleCatalog, index: int) -> bytes:
@@ -180,7 +196,8 @@ def test_products_and_collections_lifecycle(client: httpx.Client, sample: Sample
             for p in sample.products[4:6]
         ]
         assert client.post("/v1/collections/extra/products", json=many).json()["added"] == 2
-        bad = {"id": "broken", "title": "Broken", "images": [str(sample.root / "missing.png")]}
+        missing = sample.root / "images" / "missing.png"  # allowed folder, no such file
+        bad = {"id": "broken", "title": "Broken", "images": [str(missing)]}
         failed = client.put("/v1/collections/extra/products", json=bad).json()
         assert failed["images_failed"] == 1 and failed["failed"][0]["product_id"] == "broken"
         product = client.get(f"/v1/collections/extra/products/{one.id}").json()
@@ -210,6 +227,39 @@ def test_products_and_collections_lifecycle(client: httpx.Client, sample: Sample
         }
     _error(client.get("/v1/collections/extra"), 404, "collection_not_found")
     _error(client.delete("/v1/collections/extra"), 404, "collection_not_found")
+
+
+def test_an_upsert_cannot_make_the_server_read_its_own_files(
+    client: httpx.Client, sample: SampleCatalog, image_server: Any, tmp_path: Path
+) -> None:
+    """Local image refs are read only under ``api_local_image_dirs`` (here the sample's
+    images); other paths and ``file:`` URLs are refused whole, before anything is written."""
+    outside = tmp_path / "secret.png"  # a readable image, outside the allowed folder
+    outside.write_bytes(sample.products[0].images[0].read_bytes())
+    assert client.post("/v1/collections", json={"name": "refs"}).status_code == 201
+    try:
+        for ref in (str(outside), outside.as_uri(), "/etc/passwd", str(sample.catalog_csv)):
+            body = {"id": "leak", "title": "Leak", "images": [ref]}
+            detail = _error(
+                client.put("/v1/collections/refs/products", json=body), 400, "blocked_path"
+            )
+            assert "CATALENS_API_LOCAL_IMAGE_DIRS" in detail
+        _error(client.get("/v1/collections/refs/products/leak"), 404, "product_not_found")
+        # Inside the allowed folder the same kind of request works.
+        inside = {"id": "ok", "images": [str(sample.products[0].images[0])]}
+        report = client.put("/v1/collections/refs/products", json=inside).json()
+        assert (report["added"], report["images_failed"]) == (1, 0)
+        # URLs go through the address guard: the allowlisted image host is fetched, a
+        # loopback address that is not allowlisted is refused (a failed image, not a read).
+        urls = {"id": "urls", "images": [image_server.url("/photo.jpg"), "http://127.0.0.1:1/x"]}
+        report = client.put("/v1/collections/refs/products", json=urls).json()
+        assert (report["images_embedded"] + report["images_reused"], report["images_failed"]) == (
+            1,
+            1,
+        )
+        assert "loopback" in report["failed"][0]["reason"]
+    finally:
+        client.delete("/v1/collections/refs")
 
 
 def test_sync_job_and_metrics(client: httpx.Client) -> None:
@@ -265,19 +315,122 @@ def _wait_for(client: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
+def _write_catalog(path: Path, rows: list[tuple[str, list[str]]]) -> Path:
+    """A CSV catalog: (product id, its image refs) per row."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "title", "images"])
+        writer.writerows([pid, f"Product {pid}", json.dumps(refs)] for pid, refs in rows)
+    return path
+
+
 def test_create_collection_with_a_source_starts_its_sync(
-    client: httpx.Client, sample: SampleCatalog
+    client: httpx.Client, sample: SampleCatalog, catalogs: Path
 ) -> None:
-    body = {"name": "from-csv", "index": "flat", "source": {"location": str(sample.catalog_csv)}}
+    # The sample's catalog, with its image paths made absolute, in the allowed folder.
+    rows = [(p.id, [str(i) for i in p.images]) for p in sample.products]
+    catalog = _write_catalog(catalogs / "sample.csv", rows)
+    body = {"name": "from-csv", "index": "flat", "source": {"location": str(catalog)}}
+    created = client.post("/v1/collections", json=body)
+    assert created.status_code == 201, created.text
+    try:
+        assert created.json()["source"]["untrusted"] is True
+        job = _wait_for(client, created.json()["job"])
+        assert job["state"] == "succeeded" and job["collection"] == "from-csv"
+        info = client.get("/v1/collections/from-csv").json()
+        assert (info["products"], info["images"], info["failed_images"]) == (8, 13, 0)
+    finally:
+        client.delete("/v1/collections/from-csv")
+
+
+def test_a_source_cannot_make_the_server_read_its_own_files(
+    client: httpx.Client, sample: SampleCatalog, catalogs: Path, tmp_path: Path
+) -> None:
+    """A local catalog named over HTTP is read only under ``api_local_image_dirs``, and so
+    are the images it names, at the first sync and at every later one."""
+    outside = _write_catalog(tmp_path / "outside.csv", [("p", [str(sample.products[0].images[0])])])
+    escape = catalogs / "escape.csv"
+    escape.symlink_to(outside)
+    for location in (str(outside), str(escape), "/etc/passwd", str(sample.catalog_csv)):
+        body = {"name": "leaky", "source": {"location": location}}
+        detail = _error(client.post("/v1/collections", json=body), 400, "blocked_path")
+        assert "CATALENS_API_LOCAL_IMAGE_DIRS" in detail
+        _error(client.get("/v1/collections/leaky"), 404, "collection_not_found")
+    # An allowed catalog whose rows name files outside the allowed folders.
+    secret = tmp_path / "secret.png"  # a readable image only the operator may serve
+    secret.write_bytes(sample.products[1].images[0].read_bytes())
+    (catalogs / "passwd.png").symlink_to("/etc/passwd")
+    good = str(sample.products[0].images[0])
+    rows = [
+        ("good", [good]),
+        ("secret", [str(secret)]),
+        ("passwd", [str(catalogs / "passwd.png")]),
+        ("raw", ["/etc/passwd"]),  # not an image path: the CSV reader rejects the row
+    ]
+    catalog = _write_catalog(catalogs / "leaky.csv", rows)
+    created = client.post(
+        "/v1/collections", json={"name": "leaky", "source": {"location": str(catalog)}}
+    )
+    assert created.status_code == 201, created.text
+    try:
+        job = _wait_for(client, created.json()["job"])
+        assert job["state"] == "succeeded", job
+        assert (job["counts"]["images_failed"], job["counts"]["rejected_rows"]) == (2, 1)
+        assert {f["product_id"] for f in job["failures"]} == {"secret", "passwd"}
+        assert all("CATALENS_API_LOCAL_IMAGE_DIRS" in f["reason"] for f in job["failures"])
+        for pid in ("secret", "passwd"):
+            (image,) = client.get(f"/v1/collections/leaky/products/{pid}").json()["images"]
+            assert image["status"] == "failed"
+            _error(client.get(image["url"]), 404, "image_unavailable")  # never served
+        (image,) = client.get("/v1/collections/leaky/products/good").json()["images"]
+        assert client.get(image["url"]).content == Path(good).read_bytes()
+        # Searching with the secret's own bytes does not find it: it was never embedded.
+        files = {"image": ("q.png", secret.read_bytes(), "image/png")}
+        hits = client.post("/v1/collections/leaky/search", files=files).json()["results"]
+        assert "secret" not in [hit["product_id"] for hit in hits]
+        # A later sync (the route, then seed 000's webhook path) reads it by the same rule.
+        _write_catalog(catalog, [("good", [good]), ("late", [str(secret)])])
+        job = _wait_for(client, client.post("/v1/collections/leaky/sync").json())
+        assert job["state"] == "succeeded", job
+        assert [f["product_id"] for f in job["failures"]] == ["late"]
+        (image,) = client.get("/v1/collections/leaky/products/late").json()["images"]
+        _error(client.get(image["url"]), 404, "image_unavailable")
+    finally:
+        client.delete("/v1/collections/leaky")
+
+
+def test_a_rest_source_is_fetched_behind_the_address_guard(
+    client: httpx.Client, image_server: Any
+) -> None:
+    for url in ("http://127.0.0.1:1/medicines", "http://localhost:1/medicines"):
+        body = {"name": "rest", "source": {"location": url, "format": "rest"}}
+        assert "loopback" in _error(client.post("/v1/collections", json=body), 400, "blocked_url")
+    _error(client.get("/v1/collections/rest"), 404, "collection_not_found")
+    token = {"location": image_server.url("/medicines"), "options": {"auth_token_env": "HOME"}}
+    _error(
+        client.post("/v1/collections", json={"name": "rest", "source": token}),
+        422,
+        "invalid_request",
+    )
+    # The allowlisted backend is read, its pages and its images behind the guard.
+    body = {"name": "rest", "source": {"location": image_server.url("/medicines")}}
     created = client.post("/v1/collections", json=body)
     assert created.status_code == 201, created.text
     try:
         job = _wait_for(client, created.json()["job"])
-        assert job["state"] == "succeeded" and job["collection"] == "from-csv"
-        info = client.get("/v1/collections/from-csv").json()
-        assert (info["products"], info["images"]) == (8, 13)
+        assert job["state"] == "succeeded", job
+        assert (job["counts"]["products_seen"], job["counts"]["images_failed"]) == (1, 0)
     finally:
-        client.delete("/v1/collections/from-csv")
+        client.delete("/v1/collections/rest")
+    # A redirect from the allowed backend to another loopback port fails the sync there.
+    hop = image_server.url("/redirect?to=http://127.0.0.1:1/medicines")
+    created = client.post("/v1/collections", json={"name": "hop", "source": {"location": hop}})
+    assert created.status_code == 201, created.text
+    try:
+        job = _wait_for(client, created.json()["job"])
+        assert job["state"] == "failed" and "loopback" in job["error"], job
+    finally:
+        client.delete("/v1/collections/hop")
 
 
 def test_ready_waits_for_the_models_and_health_does_not(

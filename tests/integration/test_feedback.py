@@ -13,11 +13,12 @@ import pytest
 from PIL import Image
 
 from catalens.collection.collection import SourceConfig
+from catalens.collection.refit import calibrated_without
 from catalens.errors import ConfigError, ProductNotFoundError, QueryNotFoundError
-from catalens.feedback.verdicts import calibrated_without
 from catalens.sample.catalog import SampleCatalog, generate_sample_catalog
 from catalens.search.calibration import Calibration
 from catalens.service.service import CatalensService, build_service
+from catalens.service.trusted import TrustedPath
 from catalens.settings import Settings
 from catalens.types import Hit
 
@@ -53,9 +54,9 @@ def test_a_search_keeps_its_photo_and_a_confirmation_makes_a_view(
 ) -> None:
     product = catalog.products[1]
     photo = product.shopper_photos[0]
-    result = service.query("shop", image=photo, top_k=3)
+    result = service.query("shop", image=TrustedPath(photo), top_k=3)
     assert result.query_id
-    assert service.search("shop", image=photo, top_k=3)  # hits only, nothing kept
+    assert service.search("shop", image=TrustedPath(photo), top_k=3)  # hits only, nothing kept
     kept = service.queries.get(result.query_id)
     assert kept is not None and kept[0].image == photo.read_bytes()
 
@@ -76,7 +77,7 @@ def test_a_search_keeps_its_photo_and_a_confirmation_makes_a_view(
     info = collection.info()
     assert info["confirmed_views"] == 1 and info["has_text_tower"] is False
     # A catalog image of the product is still what a hit shows.
-    hit = service.search("shop", image=photo, top_k=1)[0]
+    hit = service.search("shop", image=TrustedPath(photo), top_k=1)[0]
     assert hit.product_id == product.id and hit.score > 0.9
     assert not hit.image.startswith("views/")
     assert service.collection("shop").ledger.get_product(product.id).images == tuple(  # type: ignore[union-attr]
@@ -89,12 +90,12 @@ def test_the_same_photo_is_one_view_and_actually_moves_it(
 ) -> None:
     a, b = catalog.products[0], catalog.products[2]
     photo = a.shopper_photos[0]
-    first = service.feedback("shop", image=photo, verdict="correct", product_id=a.id)
-    again = service.feedback("shop", image=photo, verdict="correct", product_id=a.id)
+    first = service.feedback("shop", image=TrustedPath(photo), verdict="correct", product_id=a.id)
+    again = service.feedback("shop", image=TrustedPath(photo), verdict="correct", product_id=a.id)
     assert first.added and not again.added
     assert again.view is not None and first.view is not None
     assert again.view.view_id == first.view.view_id
-    moved = service.feedback("shop", image=photo, verdict="actually", product_id=b.id)
+    moved = service.feedback("shop", image=TrustedPath(photo), verdict="actually", product_id=b.id)
     assert moved.added and moved.removed_views == (first.view.view_id,)
     assert service.confirmed_views("shop", a.id) == []
     assert [v.verdict for v in service.confirmed_views("shop", b.id)] == ["actually"]
@@ -109,7 +110,7 @@ def test_the_cap_drops_the_most_redundant_view(
     twin.write_bytes(_recode(photo, quality=70))  # nearly the same photo again
     others = [p for q in catalog.products[4:] for p in q.shopper_photos][:2]
     for image in [photo, *others, twin]:
-        service.feedback("shop", image=image, verdict="correct", product_id=product.id)
+        service.feedback("shop", image=TrustedPath(image), verdict="correct", product_id=product.id)
     views = service.confirmed_views("shop", product.id)
     assert len(views) == 3  # max_confirmed_views
     kept_bytes = {(service.collection("shop").directory / v.ref).read_bytes() for v in views}
@@ -123,7 +124,10 @@ def test_confirmed_views_survive_syncs_and_go_with_their_product(
 ) -> None:
     product = catalog.products[5]
     done = service.feedback(
-        "shop", image=product.shopper_photos[0], verdict="correct", product_id=product.id
+        "shop",
+        image=TrustedPath(product.shopper_photos[0]),
+        verdict="correct",
+        product_id=product.id,
     )
     assert done.view is not None
     saved = service.collection("shop").directory / done.view.ref
@@ -148,38 +152,41 @@ def test_wrong_lowers_the_product_for_near_identical_queries(
     service: CatalensService, catalog: SampleCatalog, tmp_path: Path
 ) -> None:
     photo = catalog.products[4].shopper_photos[0]
-    result = service.query("shop", image=photo, top_k=6)
+    result = service.query("shop", image=TrustedPath(photo), top_k=6)
     wrong = result.hits[0].product_id
     assert result.query_id
     done = service.feedback("shop", query_id=result.query_id, verdict="wrong", product_id=wrong)
     assert done.negative_id is not None and done.view is None
     near = tmp_path / "near.jpg"
     near.write_bytes(_recode(photo))
-    after = [h.product_id for h in service.search("shop", image=near, top_k=6)]
+    after = [h.product_id for h in service.search("shop", image=TrustedPath(near), top_k=6)]
     assert after[0] != wrong
     assert after.index(wrong) > 0
     # A different photo is not affected.
     other = catalog.products[1].shopper_photos[1]
-    assert service.search("shop", image=other, top_k=1)[0].product_id == catalog.products[1].id
+    assert (
+        service.search("shop", image=TrustedPath(other), top_k=1)[0].product_id
+        == catalog.products[1].id
+    )
 
 
 def test_removing_a_confirmed_view_restores_the_results_exactly(
     service: CatalensService, catalog: SampleCatalog
 ) -> None:
     photo = catalog.products[0].shopper_photos[1]
-    before = service.search("shop", image=photo, top_k=6)
+    before = service.search("shop", image=TrustedPath(photo), top_k=6)
     target = before[-1].product_id  # "it is actually" the last one
-    done = service.feedback("shop", image=photo, verdict="actually", product_id=target)
+    done = service.feedback("shop", image=TrustedPath(photo), verdict="actually", product_id=target)
     assert done.view is not None
-    changed = service.search("shop", image=photo, top_k=6)
+    changed = service.search("shop", image=TrustedPath(photo), top_k=6)
     assert changed[0].product_id == target
     assert service.remove_views("shop", target, [done.view.view_id]) == [done.view.view_id]
-    assert _ranking(service.search("shop", image=photo, top_k=6)) == _ranking(before)
+    assert _ranking(service.search("shop", image=TrustedPath(photo), top_k=6)) == _ranking(before)
     # All of a product's views at once.
     for image in catalog.products[0].shopper_photos:
-        service.feedback("shop", image=image, verdict="correct", product_id=target)
+        service.feedback("shop", image=TrustedPath(image), verdict="correct", product_id=target)
     assert len(service.remove_views("shop", target)) == 2
-    assert _ranking(service.search("shop", image=photo, top_k=6)) == _ranking(before)
+    assert _ranking(service.search("shop", image=TrustedPath(photo), top_k=6)) == _ranking(before)
 
 
 def test_feedback_errors(service: CatalensService, catalog: SampleCatalog) -> None:
@@ -187,9 +194,9 @@ def test_feedback_errors(service: CatalensService, catalog: SampleCatalog) -> No
     with pytest.raises(QueryNotFoundError):
         service.feedback("shop", query_id="nope", verdict="correct", product_id="p001")
     with pytest.raises(ProductNotFoundError):
-        service.feedback("shop", image=photo, verdict="correct", product_id="no-such")
+        service.feedback("shop", image=TrustedPath(photo), verdict="correct", product_id="no-such")
     with pytest.raises(ConfigError, match="verdict"):
-        service.feedback("shop", image=photo, verdict="maybe", product_id="p001")  # type: ignore[arg-type]
+        service.feedback("shop", image=TrustedPath(photo), verdict="maybe", product_id="p001")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="exactly one"):
         service.feedback("shop", verdict="correct", product_id="p001")
 
@@ -201,8 +208,8 @@ def test_queries_expire_by_count(
     try:
         svc.ingest("shop", SourceConfig(location=str(catalog.catalog_csv)))
         photos = catalog.products[0].shopper_photos
-        first = svc.query("shop", image=photos[0]).query_id
-        second = svc.query("shop", image=photos[1]).query_id
+        first = svc.query("shop", image=TrustedPath(photos[0])).query_id
+        second = svc.query("shop", image=TrustedPath(photos[1])).query_id
         assert first and second
         with pytest.raises(QueryNotFoundError, match="retention"):
             svc.feedback("shop", query_id=first, verdict="correct", product_id="p001")
@@ -221,7 +228,9 @@ def test_the_calibration_follows_the_domain_mean(
         svc.ingest("shop", SourceConfig(location=str(catalog.catalog_csv)))
         for product in catalog.products:  # confirmed photos (each also a query seen)
             for photo in product.shopper_photos:
-                svc.feedback("shop", image=photo, verdict="correct", product_id=product.id)
+                svc.feedback(
+                    "shop", image=TrustedPath(photo), verdict="correct", product_id=product.id
+                )
         collection = svc.collection("shop")
         seen = collection.centering.count
         first = collection.calibration
@@ -230,7 +239,7 @@ def test_the_calibration_follows_the_domain_mean(
         photos = [p for product in catalog.products for p in product.shopper_photos]
         fitted = []
         for photo in photos + photos[:2]:
-            svc.search("shop", image=photo, top_k=3)
+            svc.search("shop", image=TrustedPath(photo), top_k=3)
             current = collection.calibration
             assert isinstance(current, Calibration)
             fitted.append(current.centering_queries)
@@ -241,12 +250,14 @@ def test_the_calibration_follows_the_domain_mean(
         first_product = catalog.products[0]
         others = [p for p in photos if p not in first_product.shopper_photos]
         for photo in others * 3:
-            svc.feedback("shop", image=photo, verdict="wrong", product_id=first_product.id)
+            svc.feedback(
+                "shop", image=TrustedPath(photo), verdict="wrong", product_id=first_product.id
+            )
         current = collection.calibration
         assert isinstance(current, Calibration) and current.centering_queries == 48
         # Stored with the fit, so a reopened collection does not refit needlessly.
-        stored = Calibration.loads(collection.ledger.get_meta("calibration"))
-        assert stored is not None and stored.centering_queries == 48
+        stored = collection.ledger.calibration()
+        assert stored is not None and Calibration.from_dict(stored).centering_queries == 48
     finally:
         svc.close()
 
@@ -256,7 +267,9 @@ def test_an_evaluation_calibrates_without_the_products_it_leaves_out(
 ) -> None:
     for product in catalog.products:
         for photo in product.shopper_photos:
-            service.feedback("shop", image=photo, verdict="correct", product_id=product.id)
+            service.feedback(
+                "shop", image=TrustedPath(photo), verdict="correct", product_id=product.id
+            )
     collection = service.collection("shop")
     before = collection.calibration
     assert isinstance(before, Calibration)
@@ -266,4 +279,4 @@ def test_an_evaluation_calibrates_without_the_products_it_leaves_out(
         assert isinstance(during, Calibration) and during.queries < before.queries
         assert collection.calibration_exclude == left_out
     assert collection.calibration == before and not collection.calibration_exclude
-    assert Calibration.loads(collection.ledger.get_meta("calibration")) == before
+    assert Calibration.from_dict(collection.ledger.calibration() or {}) == before

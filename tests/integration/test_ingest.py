@@ -1,4 +1,6 @@
-"""Ingestion end to end with the real offline model: incremental runs, failures, resume."""
+"""Ingestion through the service: incremental runs, failures, reopening, a lagging store, and
+a real ``kill -9`` mid-run. The logic runs on the fake embedder (``tests/fakes.py``); only the
+kill test, a CLI subprocess, loads the real offline model."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from PIL import Image
 from catalens.collection.collection import SourceConfig
 from catalens.errors import ModelMismatchError
 from catalens.service.service import CatalensService, build_service
-from catalens.settings import FALLBACK_MODEL, Settings
+from catalens.settings import Settings
+from fakes import FakeEmbedder, build_fake_service, fake_settings
 
 
 def _image(path: Path, colour: tuple[int, int, int], *, shape: str = "box") -> Path:
@@ -48,12 +51,9 @@ def _write_csv(path: Path, rows: list[tuple[str, str, list[str]]]) -> Path:
 
 
 @pytest.fixture
-def service(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterator[CatalensService]:
+def service(make_fake_service: Callable[..., CatalensService]) -> CatalensService:
     # Plain single-view cosine, so an image searched for itself scores exactly 1.
-    settings = make_settings(tmp_path / "home", batch_size=4)
-    svc = build_service(settings)
-    yield svc
-    svc.close()
+    return make_fake_service(batch_size=4)
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_first_run_embeds_everything_and_search_finds_product(
     assert report.products_added == 4
     assert report.images_embedded == 8
     assert report.failed == []
-    hits = service.search("shop", image=tmp_path / "img" / "p2-front.png", top_k=3)
+    hits = service.search("shop", image=(tmp_path / "img" / "p2-front.png").read_bytes(), top_k=3)
     assert hits[0].product_id == "p2"
     assert hits[0].image.endswith("p2-front.png")
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
@@ -106,7 +106,7 @@ def test_changed_image_is_reembedded(
     report = service.ingest("shop", _source(catalog))
     assert report.images_embedded == 1
     query = _image(tmp_path / "q.png", (250, 120, 0), shape="circle")
-    hit = service.search("shop", image=query, top_k=1)[0]
+    hit = service.search("shop", image=query.read_bytes(), top_k=1)[0]
     assert (hit.product_id, Path(hit.image).name) == ("p1", "p1-front.png")
     assert hit.score == pytest.approx(1.0, abs=1e-4)
 
@@ -117,7 +117,7 @@ def test_removed_product_is_gone(service: CatalensService, catalog: Path, tmp_pa
     catalog.write_text("\n".join(line for line in lines if not line.startswith("p3,")) + "\n")
     report = service.ingest("shop", _source(catalog))
     assert report.products_removed == 1
-    hits = service.search("shop", image=tmp_path / "img" / "p3-front.png", top_k=10)
+    hits = service.search("shop", image=(tmp_path / "img" / "p3-front.png").read_bytes(), top_k=10)
     assert "p3" not in {h.product_id for h in hits}
     assert len(hits) == 3
     assert len(service.collection("shop").store) == 6
@@ -180,31 +180,36 @@ def test_404_and_corrupt_images_are_reported_and_skipped(
         "missing",
         "broken",
     }
-    hits = service.search("shop", image=good, top_k=10)
+    hits = service.search("shop", image=good.read_bytes(), top_k=10)
     assert {h.product_id for h in hits} == {"ok", "remote"}
 
 
-def test_collection_refuses_another_model(
-    service: CatalensService, catalog: Path, tmp_path: Path
-) -> None:
-    service.ingest("shop", _source(catalog))
-    with pytest.raises(ModelMismatchError, match="mobilenetv2"):
-        service.ingest("shop", _source(catalog), model=FALLBACK_MODEL)
-
-
-def test_collection_reopens_with_same_results(
-    tmp_path: Path, mobilenet_dir: Path, catalog: Path
-) -> None:
-    settings = Settings(
-        home=tmp_path / "home", model=str(mobilenet_dir), query_zooms=(1.0,), aggregation="max"
+def test_collection_refuses_another_model(tmp_path: Path, catalog: Path) -> None:
+    ours, other = FakeEmbedder(), FakeEmbedder(seed=7)
+    service = CatalensService(
+        fake_settings(tmp_path / "home"),
+        embedder_loader=lambda spec: other if spec == "other" else ours,
     )
-    first = build_service(settings)
+    try:
+        service.ingest("shop", _source(catalog))
+        with pytest.raises(ModelMismatchError, match=r"fake-embedder.*seed-7"):
+            service.ingest("shop", _source(catalog), model="other")
+        assert other.embedded == 0, "refused before anything was embedded"
+    finally:
+        service.close()
+
+
+def test_collection_reopens_with_same_results(tmp_path: Path, catalog: Path) -> None:
+    settings = fake_settings(tmp_path / "home")
+    query = (tmp_path / "img" / "p0-side.png").read_bytes()
+    first, _ = build_fake_service(settings)
     first.ingest("shop", _source(catalog))
-    before = first.search("shop", image=tmp_path / "img" / "p0-side.png", top_k=4)
+    before = first.search("shop", image=query, top_k=4)
     first.close()
-    second = build_service(settings)
-    after = second.search("shop", image=tmp_path / "img" / "p0-side.png", top_k=4)
+    second, _ = build_fake_service(settings)
+    after = second.search("shop", image=query, top_k=4)
     second.close()
+    assert len(before) == 4 and before[0].product_id == "p0"
     assert [(h.product_id, round(h.score, 5)) for h in before] == [
         (h.product_id, round(h.score, 5)) for h in after
     ]
@@ -259,7 +264,7 @@ def _state(home: Path) -> tuple[list[tuple[str, str, str]], list[tuple[str, floa
         for r in collection.ledger.all_images().values()
     )
     assert len(collection.store) == len(rows), "every image exactly once in the index"
-    query = next(iter(collection.ledger.all_images().values())).ref
+    query = Path(next(iter(collection.ledger.all_images().values())).ref).read_bytes()
     hits = service.search("shop", image=query, top_k=10)
     service.close()
     return rows, [(h.product_id, round(h.score, 5)) for h in hits]
@@ -291,13 +296,11 @@ def test_killed_ingest_resumes_to_same_index(tmp_path: Path, mobilenet_dir: Path
 
 
 def test_store_behind_the_ledger_is_rebuilt_on_open(
-    tmp_path: Path, mobilenet_dir: Path, catalog: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, catalog: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A crash after the ledger committed but before the index was saved loses nothing."""
-    settings = Settings(
-        home=tmp_path / "home", model=str(mobilenet_dir), query_zooms=(1.0,), aggregation="max"
-    )
-    first = build_service(settings)
+    settings = fake_settings(tmp_path / "home")
+    first, _ = build_fake_service(settings)
     first.ingest("shop", _source(catalog))
     lines = catalog.read_text().splitlines()
     catalog.write_text("\n".join(line for line in lines if not line.startswith("p3,")) + "\n")
@@ -312,10 +315,11 @@ def test_store_behind_the_ledger_is_rebuilt_on_open(
     monkeypatch.undo()
     first.close()
 
-    second = build_service(settings)
+    second, embedder = build_fake_service(settings)
     collection = second.collection("shop")
-    assert len(collection.store) == 6 == collection.ledger.counts()["images"]
-    hits = second.search("shop", image=tmp_path / "img" / "p3-front.png", top_k=10)
+    assert len(collection.store) == 6 == collection.info()["images"]
+    assert embedder.embedded == 0, "rebuilt from the ledger's vectors"
+    hits = second.search("shop", image=(tmp_path / "img" / "p3-front.png").read_bytes(), top_k=10)
     assert "p3" not in {h.product_id for h in hits}
     second.close()
 

@@ -205,7 +205,9 @@ def test_live_sync_with_a_shop_backend(
     titles = {n: sample.products[n - 1].title for n in range(1, 9)}
     for n in range(1, 7):
         backend.put(f"p{n}", f"v1 {titles[n]}", front(sample, n))
-    settings = make_settings(tmp_path / "home", default_collection=COLLECTION)
+    # A source named over HTTP is fetched behind the address guard: allow the loopback shop.
+    allow = (backend.url.removeprefix("http://"),)
+    settings = make_settings(tmp_path / "home", default_collection=COLLECTION, url_allowlist=allow)
     with start_server(settings) as app, app.client() as client:
         # 1. Create the collection from the backend URL; its first sync starts at once.
         source = {

@@ -5,7 +5,6 @@ the service picking the store from ``--store``."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -25,9 +24,10 @@ from psycopg import sql
 from catalens.collection.collection import SourceConfig
 from catalens.errors import ConfigError, ModelMismatchError, StoreError
 from catalens.service.service import CatalensService, build_service
+from catalens.service.trusted import TrustedPath
 from catalens.settings import Settings
 from catalens.stores import FaissOptions, FaissStore
-from catalens.stores.pg_local import local_dsn, stop_local
+from catalens.stores.pg_local import stop_local
 from catalens.stores.pg_schema import ensure_vector_extension
 from catalens.stores.pgvector_store import PgVectorStore
 from catalens.types import ModelIdentity, Product
@@ -35,23 +35,6 @@ from catalens.types import ModelIdentity, Product
 pytestmark = pytest.mark.postgres
 
 K = 10
-
-
-@pytest.fixture(scope="session")
-def pg_dsn() -> Iterator[str]:
-    """The session's PostgreSQL (the same server as the contract suite's: same directory)."""
-    root = Path(tempfile.gettempdir()) / f"catalens-pgtest-{os.getpid()}"
-    try:
-        dsn = local_dsn(root / "data")
-    except (ImportError, StoreError) as exc:
-        pytest.skip(f"PostgreSQL with pgvector could not start through pgserver: {exc}")
-    with psycopg.connect(dsn, autocommit=True) as conn:  # a throwaway server: no durability
-        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
-            conn.execute(f"ALTER SYSTEM SET {setting} = off")
-        conn.execute("SELECT pg_reload_conf()")
-    yield dsn
-    stop_local(root / "data")
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -507,7 +490,7 @@ def test_service_store_from_dsn_rebuilds_a_lagging_store_on_start(
     assert report.images_embedded == 8
     store = service.collection("shop").store
     assert isinstance(store, PgVectorStore) and len(store) == 8
-    hit = service.search("shop", image=tmp_path / "img" / "p2-box.png", top_k=1)[0]
+    hit = service.search("shop", image=TrustedPath(tmp_path / "img" / "p2-box.png"), top_k=1)[0]
     assert hit.product_id == "p2"
     assert hit.score == pytest.approx(1.0, abs=1e-4)
     names = store.names
@@ -531,7 +514,9 @@ def test_service_store_from_dsn_rebuilds_a_lagging_store_on_start(
             ).fetchone()
         assert count == (8,)
         assert len(collection.store) == 8
-        hit = service.search("shop", image=tmp_path / "img" / "p3-circle.png", top_k=1)[0]
+        hit = service.search(
+            "shop", image=TrustedPath(tmp_path / "img" / "p3-circle.png"), top_k=1
+        )[0]
         assert hit.product_id == "p3"
     finally:
         _close(service)
@@ -558,7 +543,7 @@ def test_postgres_local_starts_an_embedded_server_under_home(
         service.ingest("shop", SourceConfig(location=str(_catalog(tmp_path))))
         assert time.monotonic() - started < 60
         assert (home / "postgres" / "PG_VERSION").is_file()
-        hit = service.search("shop", image=tmp_path / "img" / "p1-box.png", top_k=1)[0]
+        hit = service.search("shop", image=TrustedPath(tmp_path / "img" / "p1-box.png"), top_k=1)[0]
         assert hit.product_id == "p1"
     finally:
         _close(service)

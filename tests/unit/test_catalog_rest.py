@@ -527,3 +527,113 @@ def test_file_formats_refuse_rest_options(tmp_path: Any) -> None:
     path.write_text("id,image\n1,a.jpg\n")
     with pytest.raises(CatalogError, match=r"options \(limit\) do not apply to the CSV"):
         open_catalog(path, options={"limit": 5})
+
+
+# --- RFC 8288 Link header paging (Shopify's REST Admin API), on a real loopback server ---------
+
+
+class LinkPagedBackend:
+    """Three pages of ``{"products": [...]}`` chained by ``Link`` headers in the shapes real
+    servers send: several links in one header and in several headers, a comma inside a quoted
+    parameter, relation lists in any case, absolute, path-relative and query-relative targets."""
+
+    def __init__(self, *, loop: bool = False) -> None:
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.paths.append(self.path)
+                base = f"http://127.0.0.1:{self.server.server_address[1]}"
+                query = dict(httpx.URL(self.path).params)
+                page = {"p2": 2, "p3": 3}.get(query.get("page_info", ""), 1)
+                links = {
+                    1: [
+                        f'<{base}/admin/products.json?page_info=p0>; rel="previous"; '
+                        'title="first, really", <products.json?page_info=p2&limit=2>; '
+                        'rel="next"'
+                    ],
+                    2: [
+                        "</admin/products.json?limit=2>; rel=prev",
+                        '</admin/products.json?page_info=p3&limit=2>; REL="Last Next"',
+                    ],
+                    3: [
+                        '<?page_info=p2&limit=2>; rel="next"'
+                        if loop
+                        else f'<{base}/admin/products.json?page_info=p2>; rel="prev first"'
+                    ],
+                }[page]
+                payload = json.dumps(
+                    {"products": [medicine(n) for n in (2 * page - 1, 2 * page)]}
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                for value in links:
+                    self.send_header("Link", value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/admin/products.json"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,))
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def link_backend() -> Iterator[Callable[..., LinkPagedBackend]]:
+    made: list[LinkPagedBackend] = []
+
+    def make(**kwargs: Any) -> LinkPagedBackend:
+        made.append(LinkPagedBackend(**kwargs))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def test_link_header_pages_are_followed(link_backend: Callable[..., LinkPagedBackend]) -> None:
+    server = link_backend()
+    source = open_catalog(server.url, options={"backoff": 0})
+    assert [p.id for p in source] == [f"m{n}" for n in range(1, 7)]
+    assert server.paths == [
+        "/admin/products.json",
+        "/admin/products.json?page_info=p2&limit=2",
+        "/admin/products.json?page_info=p3&limit=2",
+    ]
+    explicit = link_backend()
+    source = open_catalog(explicit.url, options={"pagination": "link", "limit": 2})
+    assert len(list(source)) == 6
+    assert explicit.paths[0] == "/admin/products.json?limit=2"
+
+
+def test_a_link_back_to_an_earlier_page_is_an_error(
+    link_backend: Callable[..., LinkPagedBackend],
+) -> None:
+    server = link_backend(loop=True)
+    with pytest.raises(CatalogError, match=r"Link header points back to .*page_info=p2"):
+        list(open_catalog(server.url, options={"pagination": "link", "limit": None}))
+
+
+def test_link_header_parsing() -> None:
+    from catalens.catalog.link_header import next_link, parse_links
+
+    value = '<a;b,c>; rel="next, or not"; Title*=UTF-8\'\'x, <b> ; rel=next ; x="q\\"q"'
+    assert parse_links(value) == [
+        ("a;b,c", {"rel": "next, or not", "title*": "UTF-8''x"}),
+        ("b", {"rel": "next", "x": 'q"q'}),
+    ]
+    base = httpx.URL("http://shop.test/api/v1/products?page=1")
+    assert next_link([value], base) == httpx.URL("http://shop.test/api/v1/b")
+    assert next_link(['<../x>; rel="prev next"'], base) == httpx.URL("http://shop.test/api/x")
+    assert next_link(['<x>; rel="nextish"', "garbage"], base) is None
+    assert next_link([], base) is None

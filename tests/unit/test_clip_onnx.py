@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 from catalens.cli.commands import app
 from catalens.embedders import ClipRuntime, embed_images, has_text_tower, load_embedder
 from catalens.embedders.clip import ClipEmbedder
-from catalens.embedders.clip_onnx import ClipOnnxEmbedder, split_variant
-from catalens.embedders.onnx_export import MANIFEST, export_dir, safe_name, sample_images
+from catalens.embedders.clip_onnx import ClipOnnxEmbedder
+from catalens.embedders.onnx_export import sample_images
+from catalens.embedders.onnx_files import MANIFEST, export_dir, safe_name, split_variant
 from catalens.embedders.preprocess import Preprocessing
 from catalens.errors import ModelError
 from catalens.service.service import CatalensService
@@ -182,7 +183,7 @@ def test_runtime_selection(
         load(spec + ":int8", "torch", models)
     with pytest.raises(ModelError, match="unknown CLIP runtime"):
         load(spec, "tensorflow", models)
-    monkeypatch.setattr("catalens.embedders.clip_onnx._cuda_through_torch", lambda: True)
+    monkeypatch.setattr("catalens.embedders.clip_runtime._cuda_through_torch", lambda: True)
     on_gpu = load_embedder(spec, device="auto", clip=ClipRuntime("auto", True, models))
     assert isinstance(on_gpu, ClipEmbedder)  # a GPU: torch
     assert split_variant("openai/clip-vit-base-patch32:int8") == (

@@ -1,4 +1,4 @@
-"""images.py: every oddity a catalog throws at us, generated in-test with Pillow."""
+"""ingest/decode.py: every oddity a catalog throws at us, generated in-test with Pillow."""
 
 from __future__ import annotations
 
@@ -371,3 +371,55 @@ def test_content_hash() -> None:
     assert content_hash(b"abc") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
+
+
+# --- phone photos: HEIC/HEIF (pillow-heif) and AVIF (Pillow's own plugin) ---------------------
+
+PHONE_FORMATS = [("photo.heic", "HEIF", "heif"), ("photo.avif", "AVIF", "avif")]
+
+
+def _lying_size(data: bytes, width: int, height: int) -> bytes:
+    """The same file with its ``ispe`` (image spatial extents) box claiming another size."""
+    at = data.index(b"ispe") + 8  # past the box type and its version/flags word
+    return data[:at] + width.to_bytes(4, "big") + height.to_bytes(4, "big") + data[at + 8 :]
+
+
+@pytest.mark.parametrize(("name", "fmt", "sniffed"), PHONE_FORMATS)
+def test_phone_photo_formats_decode_to_rgb(
+    tmp_path: Path, name: str, fmt: str, sniffed: str
+) -> None:
+    picture = Image.new("RGB", (48, 32), RED)
+    picture.paste(BLUE, (24, 0, 48, 32))
+    data = encode(picture, fmt, quality=90)
+    assert sniff_format(data) == sniffed
+    img = load_image(write(tmp_path, name, data))
+    assert_plain_rgb(img)
+    assert img.size == (48, 32)
+    assert close_to(img.getpixel((5, 5)), RED, tolerance=24)  # type: ignore[arg-type]
+    assert close_to(img.getpixel((40, 20)), BLUE, tolerance=24)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "fmt", "sniffed"), PHONE_FORMATS)
+def test_phone_photo_formats_keep_the_pixel_limit(name: str, fmt: str, sniffed: str) -> None:
+    data = encode(Image.new("RGB", (64, 64), RED), fmt, quality=50)
+    with pytest.raises(ImageTooLargeError) as info:
+        decode_image(data, source=name, limits=ImageLimits(max_pixels=4000))
+    assert str(info.value) == f"{name}: 64x64 is 4096 pixels, over the limit of 4000"
+    # A small file whose header claims 81 MP is refused from the header, before decoding.
+    liar = _lying_size(data, 9000, 9000)
+    assert len(liar) < 2000
+    with pytest.raises(ImageTooLargeError, match="9000x9000 is 81000000 pixels"):
+        decode_image(liar, source=name)
+    with pytest.raises(ImageTooLargeError, match="over the limit of 100 bytes"):
+        decode_image(data, source=name, limits=ImageLimits(max_bytes=100))
+
+
+def test_heif_and_avif_brands_are_sniffed_from_the_ftyp_box() -> None:
+    def ftyp(major: bytes, *compatible: bytes) -> bytes:
+        body = major + b"\x00\x00\x00\x00" + b"".join(compatible)
+        return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body + b"\x00" * 16
+
+    assert sniff_format(ftyp(b"heic", b"mif1", b"heic")) == "heif"
+    assert sniff_format(ftyp(b"mif1", b"mif1", b"avif")) == "avif"
+    assert sniff_format(ftyp(b"isom", b"isom", b"mp41")) is None  # an MP4 video
+    assert sniff_format(ftyp(b"avif")[:12]) is None

@@ -16,7 +16,7 @@ import pytest
 from catalens.api.jobs import MAX_FAILURES, Job, JobManager, Scheduler
 from catalens.collection.collection import SourceConfig
 from catalens.errors import CatalensError, CatalogError, CollectionNotFoundError
-from catalens.ingest.pipeline import FailedImage, IngestReport, Progress
+from catalens.ingest.pipeline import IngestFailure, IngestReport, Progress
 from catalens.service.service import CatalensService
 from catalens.types import RejectedRow, ValidationReport
 
@@ -55,7 +55,7 @@ class FakeService:
             raise self.error
         progress("embed", 4, 4)
         source = ValidationReport("x", rejected=[RejectedRow(3, "no images")])
-        failed = [FailedImage(f"p{i}", f"http://x/{i}.png", "HTTP 404") for i in range(2)]
+        failed = [IngestFailure(f"p{i}", f"http://x/{i}.png", "HTTP 404") for i in range(2)]
         return IngestReport(
             collection=name,
             source=source,

@@ -23,7 +23,7 @@ from catalens.api.errors import install_error_handlers
 from catalens.api.jobs import JobManager, Scheduler
 from catalens.api.legacy_env import settings_from_env
 from catalens.api.metrics import ApiMetrics, MetricsMiddleware
-from catalens.api.state import AppState, QueryFetcher
+from catalens.api.state import AppState
 from catalens.api.uploads import UploadLimitMiddleware
 from catalens.service.service import build_service
 from catalens.settings import Settings
@@ -40,7 +40,6 @@ def _start(settings: Settings, metrics: ApiMetrics) -> AppState:
         settings=settings,
         service=service,
         jobs=jobs,
-        queries=QueryFetcher(settings),
         metrics=metrics,
     )
     if settings.refresh_seconds > 0:

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from catalens.errors import (
+    AlreadyExistsError,
+    BlockedPathError,
     BlockedURLError,
     CatalensError,
     CatalogError,
@@ -24,8 +26,10 @@ from catalens.errors import (
     FetchError,
     ImageError,
     ImageTooLargeError,
+    MissingExtraError,
     ModelError,
     ModelMismatchError,
+    NoTextTowerError,
     ProductNotFoundError,
     QueryNotFoundError,
     StoreError,
@@ -44,37 +48,44 @@ class ApiError(Exception):
         self.detail = detail
 
 
+def invalid_field(field: str, message: str) -> RequestValidationError:
+    """A 422 ``validation_error`` about one body field, for checks a route makes by hand."""
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
 def error_response(
     status: int, error: str, detail: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
-# The first row that matches wins (a subclass before its base); a phrase narrows a row to
-# the errors whose message contains it.
-_ERROR_CODES: tuple[tuple[type[CatalensError], str, int, str], ...] = (
-    (CollectionNotFoundError, "", 404, "collection_not_found"),
-    (ProductNotFoundError, "", 404, "product_not_found"),
-    (QueryNotFoundError, "", 404, "query_not_found"),
-    (ImageTooLargeError, "", 413, "image_too_large"),
-    (ImageError, "", 422, "invalid_image"),
-    (BlockedURLError, "", 400, "blocked_url"),
-    (FetchError, "", 422, "fetch_failed"),
-    (ModelMismatchError, "", 409, "model_mismatch"),
-    (ModelError, "text tower", 422, "no_text_tower"),
-    (ModelError, "", 503, "model_unavailable"),
-    (ConfigError, "already exists", 409, "conflict"),
-    (ConfigError, "", 422, "invalid_request"),
-    (CatalogError, "", 422, "catalog_error"),
-    (StoreError, "", 503, "store_unavailable"),
+# The first row whose type matches wins, so a subclass comes before its base. Status codes
+# follow exception types only: rewording a message never changes the answer's status.
+_ERROR_CODES: tuple[tuple[type[CatalensError], int, str], ...] = (
+    (CollectionNotFoundError, 404, "collection_not_found"),
+    (ProductNotFoundError, 404, "product_not_found"),
+    (QueryNotFoundError, 404, "query_not_found"),
+    (ImageTooLargeError, 413, "image_too_large"),
+    (ImageError, 422, "invalid_image"),
+    (BlockedURLError, 400, "blocked_url"),
+    (BlockedPathError, 400, "blocked_path"),
+    (FetchError, 422, "fetch_failed"),
+    (ModelMismatchError, 409, "model_mismatch"),
+    (NoTextTowerError, 422, "no_text_tower"),
+    (ModelError, 503, "model_unavailable"),
+    (AlreadyExistsError, 409, "conflict"),
+    # The server lacks an installed part: the operator's problem, not the request's.
+    (MissingExtraError, 503, "extra_not_installed"),
+    (ConfigError, 422, "invalid_request"),
+    (CatalogError, 422, "catalog_error"),
+    (StoreError, 503, "store_unavailable"),
 )
 
 
 def classify(exc: CatalensError) -> tuple[int, str]:
-    """The HTTP status and short error code of a library error."""
-    message = str(exc)
-    for kind, phrase, status, code in _ERROR_CODES:
-        if isinstance(exc, kind) and phrase in message:
+    """The HTTP status and short error code of a library error, by its type."""
+    for kind, status, code in _ERROR_CODES:
+        if isinstance(exc, kind):
             return status, code
     return 500, "internal_error"
 

@@ -33,9 +33,10 @@ from catalens.api.schemas import (
     ServiceInfo,
 )
 from catalens.api.security import require_read_key, require_write_key
-from catalens.api.state import AppState, StateDep, default_collection, image_link, link_for
+from catalens.api.state import AppState, StateDep, default_collection, hit_link, link_for
 from catalens.api.uploads import read_upload_sync
 from catalens.collection.collection import Collection
+from catalens.refs import is_url
 from catalens.service.service import ALL
 from catalens.types import Hit
 
@@ -219,7 +220,7 @@ def _product_result(request: Request, state: AppState, hit: Hit) -> ProductResul
     collection = state.service.collection(hit.collection)
     images = _catalog_links(request, collection, hit.product_id)
     preview = _text(hit.metadata, "preview_image")
-    if not (preview and preview.lower().startswith(("http://", "https://"))):
+    if not (preview and is_url(preview)):
         preview = images[0] if images else None
     return ProductResult(
         rank=hit.rank,
@@ -229,7 +230,7 @@ def _product_result(request: Request, state: AppState, hit: Hit) -> ProductResul
         similarity_score=round(hit.score, 6),
         score=hit.score,
         preview_image=preview,
-        image_url=image_link(request, collection, hit.product_id, hit.image),
+        image_url=hit_link(request, hit),
         matched_image=hit.image,
         category=_text(hit.metadata, "category"),
         images=images,

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 
-from catalens.api.errors import ApiError
+from catalens.api.errors import ApiError, invalid_field
 from catalens.api.schemas import FeedbackIn, FeedbackOut, ViewList, ViewOut, ViewsRemoved
 from catalens.api.security import require_read_key, require_write_key
 from catalens.api.state import AppState, StateDep
@@ -27,10 +26,6 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["v1"])
 READ = [Depends(require_read_key)]
 WRITE = [Depends(require_write_key)]
-
-
-def _invalid(field: str, message: str) -> RequestValidationError:
-    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
 
 
 def _view_out(request: Request, name: str, view: ConfirmedView) -> ViewOut:
@@ -47,7 +42,7 @@ def _view_out(request: Request, name: str, view: ConfirmedView) -> ViewOut:
 
 def _feedback(request: Request, state: AppState, name: str, body: FeedbackIn) -> FeedbackOut:
     if (body.query_id is None) == (body.image_base64 is None):
-        raise _invalid("query_id", "give exactly one of: query_id, image_base64")
+        raise invalid_field("query_id", "give exactly one of: query_id, image_base64")
     image = None
     if body.image_base64 is not None:
         image = decode_base64_image(body.image_base64, limit=state.settings.max_upload_bytes)

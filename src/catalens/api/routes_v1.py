@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from catalens import __version__
-from catalens.api.errors import ApiError
+from catalens.api.errors import ApiError, invalid_field
 from catalens.api.schemas import (
     CollectionCreate,
     CollectionHealth,
@@ -44,10 +44,18 @@ from catalens.api.schemas import (
     UpsertReportOut,
 )
 from catalens.api.security import require_read_key, require_write_key
-from catalens.api.state import AppState, StateDep, image_link, link_for
+from catalens.api.state import AppState, StateDep, hit_link, link_for
 from catalens.api.uploads import decode_base64_image, read_upload
-from catalens.errors import CatalensError, ImageError, ProductNotFoundError
+from catalens.errors import (
+    BlockedPathError,
+    CatalensError,
+    FetchError,
+    ImageError,
+    ProductNotFoundError,
+)
 from catalens.ingest.decode import sniff_format
+from catalens.refs import is_url
+from catalens.service.query_image import QueryImage, RemoteURL
 from catalens.service.service import ALL, CollectionSummary
 from catalens.types import Hit
 
@@ -87,10 +95,6 @@ _SEARCH_DOC = _body_doc(
 _EMBED_DOC = _body_doc(EmbedRequest, {"model": {"type": "string"}})
 
 
-def _invalid(field: str, message: str) -> RequestValidationError:
-    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
-
-
 async def _read_query(request: Request, model: type[Q], state: AppState) -> tuple[Q, bytes | None]:
     """A JSON body, or a multipart form whose ``image`` field is the uploaded file."""
     upload: bytes | None = None
@@ -105,44 +109,44 @@ async def _read_query(request: Request, model: type[Q], state: AppState) -> tupl
                         limit = state.settings.max_upload_bytes
                         upload = await read_upload(value, limit=limit)
                     else:
-                        raise _invalid("image", "must be an uploaded file")
+                        raise invalid_field("image", "must be an uploaded file")
             if isinstance(fields.get("filters"), str):
                 try:
                     fields["filters"] = json.loads(fields["filters"])
                 except json.JSONDecodeError:
-                    raise _invalid("filters", "must be a JSON object") from None
+                    raise invalid_field("filters", "must be a JSON object") from None
             parsed = model.model_validate(fields)
         else:
             parsed = model.model_validate_json((await request.body()) or b"{}")
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     if len(parsed.given()) + (upload is not None) != 1:
-        raise _invalid(
+        raise invalid_field(
             "query", "give exactly one of: image (a multipart file), image_url, image_base64, text"
         )
     return parsed, upload
 
 
-def _query_image(state: AppState, query: QueryIn, upload: bytes | None) -> bytes | None:
-    """The query image's bytes (never a path or URL string: the service would open those)."""
+def _query_image(state: AppState, query: QueryIn, upload: bytes | None) -> QueryImage | None:
+    """The query image: bytes, or a ``RemoteURL`` the service fetches behind the address
+    guard. The API cannot name a local file (it cannot build a ``TrustedPath``)."""
     if upload is not None:
         return upload
     if query.image_url is not None:
-        return state.queries.fetch(query.image_url)
+        return RemoteURL(query.image_url)
     if query.image_base64 is not None:
         return decode_base64_image(query.image_base64, limit=state.settings.max_upload_bytes)
     return None
 
 
-def _result(request: Request, state: AppState, hit: Hit) -> ResultOut:
-    collection = state.service.collection(hit.collection)
+def _result(request: Request, hit: Hit) -> ResultOut:
     return ResultOut(
         rank=hit.rank,
         product_id=hit.product_id,
         title=hit.title,
         score=hit.score,
         image=hit.image,
-        image_url=image_link(request, collection, hit.product_id, hit.image),
+        image_url=hit_link(request, hit),
         metadata=dict(hit.metadata),
         collection=hit.collection,
         verdict=hit.verdict,  # type: ignore[arg-type]
@@ -162,7 +166,7 @@ def _search(
         threshold=query.threshold,
         filters=query.filters,
     )
-    results = [_result(request, state, hit) for hit in found.hits]
+    results = [_result(request, hit) for hit in found.hits]
     took = (time.perf_counter() - started) * 1000
     return SearchResponse(
         collection=name, results=results, took_ms=round(took, 2), query_id=found.query_id
@@ -196,7 +200,12 @@ def collection_info(name: str, state: StateDep) -> CollectionInfoOut:
 
 @router.post("/collections", status_code=201, dependencies=WRITE)
 def create_collection(body: CollectionCreate, state: StateDep) -> CollectionInfoOut:
-    """Create a collection; with a ``source`` (and ``sync``), its first sync starts at once."""
+    """Create a collection; with a ``source`` (and ``sync``), its first sync starts at once.
+
+    The source is untrusted, now and on every later sync: a local catalog only under
+    ``CATALENS_API_LOCAL_IMAGE_DIRS`` (else 400 ``blocked_path``, and nothing is created), a
+    REST URL behind the address guard (else 400 ``blocked_url``); the images it names are
+    read like those of an upsert."""
     source = body.source.to_config() if body.source else None
     state.service.create_collection(
         body.name, model=body.model, index=body.index, metric=body.metric, source=source
@@ -222,17 +231,26 @@ def delete_collection(name: str, state: StateDep) -> Deleted:
 def collection_image(name: str, image_id: int, state: StateDep) -> Response:
     """A registered image of the collection (local files; URLs redirect to themselves)."""
     collection = state.service.collection(name)
-    rows = collection.ledger.query("SELECT ref, origin FROM images WHERE image_id = ?", [image_id])
-    if not rows:
+    row = collection.ledger.image(image_id)
+    if row is None:
         raise ApiError(404, "image_not_found", f"collection {name!r} has no image {image_id}")
-    ref, origin = str(rows[0][0]), str(rows[0][1])
-    saved = collection.view_path(ref) if origin != "catalog" else None
-    if ref.lower().startswith(("http://", "https://")):
+    ref = row.ref
+    if row.origin != "catalog":  # a confirmed photo: the collection keeps its bytes
+        saved = collection.ledger.photo_bytes(ref)
+        if saved is None:
+            raise ApiError(404, "image_unavailable", f"image {image_id}: its bytes are gone")
+        data = saved
+    elif is_url(ref):
         return RedirectResponse(ref, status_code=307)
-    try:
-        data = state.service.fetcher.fetch(str(saved or ref)).data
-    except ImageError as exc:
-        raise ApiError(404, "image_unavailable", f"image {image_id}: {exc.reason}") from None
+    else:
+        # A collection named over the HTTP API serves local files only from the directories
+        # the operator allowed, as its syncs read them (``CatalensService.catalog_fetcher``).
+        try:
+            data = state.service.catalog_fetcher(name).fetch(ref).data
+        except ImageError as exc:
+            raise ApiError(404, "image_unavailable", f"image {image_id}: {exc.reason}") from None
+        except (BlockedPathError, FetchError):
+            raise ApiError(404, "image_unavailable", f"image {image_id}: not served") from None
     return Response(
         data,
         media_type=f"image/{sniff_format(data) or 'octet-stream'}",

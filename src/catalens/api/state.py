@@ -1,41 +1,34 @@
 """What the routes share: the app state built by the lifespan, and small request helpers.
 
-``AppState`` holds the one ``CatalensService``, the job manager, the scheduler and the guarded
-fetcher for search-by-URL. Routes get it through the ``StateDep`` dependency (tests may
-override ``get_state``).
+``AppState`` holds the one ``CatalensService`` (which fetches search-by-URL images behind the
+address guard), the job manager and the scheduler. Routes get it through the ``StateDep``
+dependency (tests may override ``get_state``).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated
 
-import httpx
 from fastapi import Depends, Request
 
-from catalens import __version__
 from catalens.api.errors import ApiError
 from catalens.api.jobs import JobManager, Scheduler
 from catalens.api.metrics import ApiMetrics
-from catalens.collection.collection import Collection, SourceConfig
-from catalens.errors import BlockedURLError, CollectionNotFoundError
-from catalens.ingest.fetch import ImageFetcher
-from catalens.ingest.url_guard import AddressGuard
+from catalens.errors import CollectionNotFoundError
+from catalens.refs import is_url
 from catalens.service.service import CatalensService
 from catalens.settings import Settings
+from catalens.types import Hit
 
 __all__ = [
     "AppState",
-    "QueryFetcher",
     "StateDep",
     "default_collection",
     "get_state",
-    "image_link",
+    "hit_link",
     "link_for",
 ]
 
@@ -45,48 +38,6 @@ REST_COLLECTION = "medicines"
 """The collection created from ``rest_url`` when no default collection is named."""
 
 
-class QueryFetcher:
-    """Downloads the image of a search-by-URL query, behind the address guard.
-
-    Loopback, private, link-local and metadata addresses are refused (after DNS resolution
-    and on every redirect) unless their host is in ``CATALENS_URL_ALLOWLIST``. Each query gets
-    a fresh, throw-away fetcher cache: nothing a user asked for is kept on disk.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self._guard = AddressGuard(allow_hosts=frozenset(settings.url_allowlist))
-        self._timeout = settings.url_fetch_timeout
-        self._max_bytes = settings.max_upload_bytes
-        self._client = httpx.Client(
-            timeout=settings.url_fetch_timeout,
-            follow_redirects=False,
-            headers={"User-Agent": f"catalens/{__version__} (search by URL)"},
-        )
-        self._root = Path(tempfile.mkdtemp(prefix="catalens-queries-"))
-
-    def fetch(self, url: str) -> bytes:
-        """The bytes behind an http(s) URL; ``FetchError``/``BlockedURLError`` otherwise."""
-        if not url.lower().startswith(("http://", "https://")):
-            raise BlockedURLError(url, "only http and https URLs can be searched by URL")
-        with tempfile.TemporaryDirectory(dir=self._root) as cache:
-            fetcher = ImageFetcher(
-                Path(cache),
-                workers=1,
-                timeout=self._timeout,
-                retries=1,
-                backoff=0.2,
-                max_bytes=self._max_bytes,
-                guard=self._guard,
-                client=self._client,
-            )
-            with fetcher:
-                return fetcher.fetch(url).data
-
-    def close(self) -> None:
-        self._client.close()
-        shutil.rmtree(self._root, ignore_errors=True)
-
-
 @dataclass
 class AppState:
     """Everything the lifespan builds once; closed in reverse order on shutdown."""
@@ -94,7 +45,6 @@ class AppState:
     settings: Settings
     service: CatalensService
     jobs: JobManager
-    queries: QueryFetcher
     metrics: ApiMetrics
     scheduler: Scheduler | None = None
     warm_error: str | None = None
@@ -140,9 +90,9 @@ class AppState:
         name = self.settings.default_collection or REST_COLLECTION
         if name in self.service.collection_names():
             return
-        location = self.settings.rest_url.rstrip("/") + "/medicines"
-        source = SourceConfig(location=location, format="rest")
-        self.service.create_collection(name, source=source)
+        # The backend is the operator's (a setting), so the service reads it as its own.
+        created = self.service.create_backend_collection(name, "medicines")
+        location = created.config.source.location if created.config.source else None
         self.jobs.start_sync(name)
         log.info("created collection %r from %s; its first sync is running", name, location)
 
@@ -153,7 +103,6 @@ class AppState:
         self.jobs.shutdown(timeout=60)
         if self._warm_thread is not None:
             self._warm_thread.join(timeout=30)
-        self.queries.close()
         self.service.close()
 
     # -- helpers shared by the routes ------------------------------------------------------
@@ -238,26 +187,20 @@ def default_collection(state: AppState) -> str:
     )
 
 
-def image_link(request: Request, collection: Collection, product_id: str, ref: str) -> str | None:
-    """A URL a browser can load for one of a product's image references.
-
-    http(s) references are returned as they are; local files are served by
-    ``GET /v1/collections/{name}/images/{image_id}``.
-    """
-    if _is_url(ref):
-        return ref
-    for row in collection.ledger.images_of(product_id):
-        if row.ref == ref:
-            return link_for(request, collection.name, ref, row.image_id)
-    return None
+def hit_link(request: Request, hit: Hit) -> str | None:
+    """A URL a browser can load for a search result's image, from the hit alone (no trip to
+    the collection's state per result): http(s) references as they are, local files through
+    ``GET /v1/collections/{name}/images/{image_id}``; ``None`` when the hit has no image."""
+    if is_url(hit.image):
+        return hit.image
+    if hit.image_id is None:
+        return None
+    return link_for(request, hit.collection, hit.image, hit.image_id)
 
 
 def link_for(request: Request, collection: str, ref: str, image_id: int) -> str:
-    """``image_link`` when the image id is known."""
-    if _is_url(ref):
+    """A URL a browser can load for image ``image_id`` (with reference ``ref``) of a
+    collection."""
+    if is_url(ref):
         return ref
     return str(request.url_for("collection_image", name=collection, image_id=str(image_id)))
-
-
-def _is_url(ref: str) -> bool:
-    return ref.lower().startswith(("http://", "https://"))

@@ -99,9 +99,11 @@ class RestSource:
       ``medicines``, ``products`` (also looked for inside an object under ``data``).
     - ``pagination``: ``none``, ``page`` (``page_param``/``limit_param``), ``offset``
       (``offset_param``/``limit_param``), ``cursor`` (``cursor_param``, the next cursor read
-      from ``cursor_field``; a cursor that is a URL is followed as a link) or ``auto`` (the
-      default: the first request is the URL as given; a response that carries a next cursor
-      or link is followed as cursor pages, one with ``total``/``totalPages``/``hasMore``/
+      from ``cursor_field``; a cursor that is a URL is followed as a link), ``link`` (the
+      RFC 8288 ``Link: <url>; rel="next"`` response header, as Shopify pages) or ``auto``
+      (the default: the first request is the URL as given; a response with a ``rel="next"``
+      Link header is followed as link pages, one whose body carries a next cursor or link
+      as cursor pages, one with ``total``/``totalPages``/``hasMore``/
       ``page`` as numbered pages; otherwise it is the whole catalog).
     - ``page_param`` (``page``), ``first_page`` (1), ``limit_param`` (``limit``), ``limit``
       (100; ``null`` sends none), ``offset_param`` (``offset``), ``cursor_param``

@@ -1,4 +1,4 @@
-"""Reading every page of a JSON HTTP list endpoint: page, offset, cursor/link or auto-detected.
+"""Reading every page of a JSON HTTP list endpoint: page, offset, cursor, Link header or auto.
 
 Used by ``RestSource``. Nothing is ever cut short silently: more pages than ``max_pages``,
 fewer items than the announced total, a page that repeats the previous one, or a cursor seen
@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 
+from catalens.catalog.link_header import next_link
 from catalens.errors import CatalogError
 
-PAGINATIONS = ("auto", "none", "page", "offset", "cursor")
+PAGINATIONS = ("auto", "none", "page", "offset", "cursor", "link")
 
 _META_HOLDERS = ("meta", "pagination", "pageInfo", "page_info", "paging", "data")
 _TOTAL = ("total", "totalCount", "total_count", "totalItems", "total_items", "totalDocs")
@@ -134,6 +135,7 @@ class Pager:
         total: int | None = None
         previous: list[object] | None = None
         cursors: set[str] = set()
+        links: set[httpx.URL] = set()
         while True:
             pages += 1
             if pages > opts.max_pages:
@@ -141,7 +143,7 @@ class Pager:
                     f"REST catalog {self._url}: more than {opts.max_pages} pages; raise the "
                     "max_pages option if the catalog is really that large"
                 )
-            body = self._get_json(request)
+            body, link = self._get_json(request)
             where = str(request)
             items = self._extract(body, where)
             meta = _Meta.read(body, opts.cursor_field)
@@ -156,7 +158,9 @@ class Pager:
                 yield item, where
             count += len(items)
             total = meta.total if meta.total is not None else total
-            if mode == "auto":
+            if mode == "auto" and link is not None:
+                mode, limit = "link", None  # RFC 8288 paging: the server names each next page
+            elif mode == "auto":
                 mode, limit = self._detect(meta)
                 page = meta.page if meta.page is not None else opts.first_page
                 offset = meta.offset or 0
@@ -165,6 +169,14 @@ class Pager:
             previous = items
             if mode == "cursor":
                 nxt = self._next_cursor(request, meta, cursors, limit)
+            elif mode == "link":
+                nxt = link
+                links.add(request)
+                if nxt is not None and nxt in links:
+                    raise CatalogError(
+                        f"REST catalog {where}: the Link header points back to {nxt}, an "
+                        "earlier page"
+                    )
             elif mode in ("page", "offset"):
                 nxt = None
                 if self._more(meta, items, count, pages, limit):
@@ -189,7 +201,7 @@ class Pager:
             return self._numbered(mode, opts.first_page, 0, opts.limit)
         if mode == "offset":
             return self._numbered(mode, opts.first_page, 0, opts.limit)
-        if mode == "cursor" and opts.limit is not None:
+        if mode in ("cursor", "link") and opts.limit is not None:
             return self._url.copy_merge_params({opts.limit_param: opts.limit})
         return self._url
 
@@ -248,7 +260,8 @@ class Pager:
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    def _get_json(self, url: httpx.URL) -> object:
+    def _get_json(self, url: httpx.URL) -> tuple[object, httpx.URL | None]:
+        """The JSON body of ``url`` and the next page its ``Link`` header names, if any."""
         attempt = 0
         while True:
             try:
@@ -260,7 +273,7 @@ class Pager:
                     raise CatalogError(f"REST catalog {url}: {exc.reason} ({tries})") from exc
                 self._sleep(self._options.backoff * 2 ** (attempt - 1))
 
-    def _get_once(self, url: httpx.URL) -> object:
+    def _get_once(self, url: httpx.URL) -> tuple[object, httpx.URL | None]:
         where = f"REST catalog {url}"
         try:
             with self._client.stream(
@@ -270,6 +283,8 @@ class Pager:
                 if status == 429 or status >= 500:
                     raise _Transient(f"HTTP {status}")
                 body = self._read(where, response)
+                # Relative targets resolve against the URL answered (after any redirect).
+                link = next_link(response.headers.get_list("link"), response.url)
         except httpx.TimeoutException as exc:
             raise _Transient("timed out") from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
@@ -280,7 +295,7 @@ class Pager:
             text = " ".join(body[:_SNIPPET].decode("utf-8", "replace").split())
             raise CatalogError(f"{where}: HTTP {status}" + (f" ({text})" if text else ""))
         try:
-            return json.loads(body)
+            return json.loads(body), link
         except ValueError as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise CatalogError(f"{where}: the response is not valid JSON ({reason})") from exc

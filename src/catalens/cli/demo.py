@@ -15,6 +15,7 @@ from catalens.collection.collection import SourceConfig
 from catalens.errors import CatalensError, ModelError
 from catalens.sample.catalog import generate_sample_catalog
 from catalens.service.service import CatalensService
+from catalens.service.trusted import TrustedPath
 from catalens.settings import DEFAULT_MODEL, FALLBACK_MODEL
 
 
@@ -92,7 +93,7 @@ def run_demo(
         rows = list(csv.DictReader(handle))
     for row in rows:
         photo = sample.queries_csv.parent / row["image_path"]
-        hits = service.search(collection, image=photo, top_k=3)
+        hits = service.search(collection, image=TrustedPath(photo), top_k=3)
         first = hits[0] if hits else None
         correct = first is not None and first.product_id == row["item_id"]
         right += correct

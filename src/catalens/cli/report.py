@@ -1,4 +1,4 @@
-"""How the CLI prints evaluation reports (Rich tables): kept out of ``cli.py`` to keep it short."""
+"""How the CLI prints evaluation reports (Rich tables): kept out of the command modules."""
 
 from __future__ import annotations
 

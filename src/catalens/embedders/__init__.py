@@ -8,7 +8,7 @@
     a CLIP spec + ":int8"                  its int8 ONNX export
 
 CLIP runs on ONNX Runtime (``ClipOnnxEmbedder``, from an export under ``models_dir``) or on
-torch (``ClipEmbedder``), as ``clip_runtime`` says: see ``clip_onnx.load_clip``.
+torch (``ClipEmbedder``), as the ``clip_runtime`` setting says: see ``clip_runtime.load_clip``.
 
 Backends are imported only when chosen, so a missing extra costs nothing until it is used.
 """
@@ -81,7 +81,7 @@ class ClipRuntime:
 def _clip(
     spec: str, *, device: str, batch_size: int, local_files_only: bool, clip: ClipRuntime
 ) -> Embedder:
-    from catalens.embedders.clip_onnx import load_clip
+    from catalens.embedders.clip_runtime import load_clip
 
     return load_clip(
         spec,

@@ -19,17 +19,14 @@ from catalens.embedders.base import BatchedImageEmbedder, Vectors, l2_normalize
 from catalens.embedders.onnx_card import weights_revision
 from catalens.embedders.preprocess import Preprocessing, interpolation_name
 from catalens.embedders.torch_device import resolve_device
-from catalens.errors import ModelError
+from catalens.errors import ModelError, missing_extra
 from catalens.types import ModelIdentity
 
 try:
     import torch
     import transformers
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ModelError(
-        f"CLIP models need torch and transformers ({exc.name} is missing): "
-        "pip install 'catalens[clip]'"
-    ) from exc
+    raise missing_extra("clip", "CLIP models (torch and transformers)", exc.name) from exc
 
 DEFAULT_CLIP: Final = "openai/clip-vit-base-patch32"
 

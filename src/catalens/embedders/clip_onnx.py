@@ -1,17 +1,10 @@
 """CLIP on ONNX Runtime, from an export made by ``onnx_export`` (``catalens models export``).
 
-``load_clip`` picks the runtime for a CLIP model spec:
-
-    runtime  device     export there    export missing
-    torch    any        torch           torch
-    auto     cuda       torch           torch
-    auto     cpu        onnx            export it (onnx_auto_export), else torch
-    onnx     any        onnx            export it (onnx_auto_export), else an error
-
 The fp32 export has the same ``ModelIdentity`` as the torch model (its vectors agree to
 about 1e-6), so one collection can be built with one runtime and searched with the other.
 The int8 variant (spec suffix ``:int8``) has the revision suffix ``+int8``: its vectors
-differ, so collections built with it are kept apart.
+differ, so collections built with it are kept apart. ``clip_runtime.load_clip`` picks
+between this and torch.
 
 This module needs neither torch nor the model directory once the export exists: the
 manifest carries the identity and the tokenizer is saved beside the ONNX files.
@@ -19,34 +12,20 @@ manifest carries the identity and the tokenizer is saved beside the ONNX files.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from catalens.embedders.base import BatchedImageEmbedder, Embedder, Vectors, l2_normalize
-from catalens.embedders.onnx_card import open_session, weights_revision
-from catalens.embedders.onnx_export import (
-    INT8_SUFFIX,
-    export_clip,
-    export_dir,
-    has_variant,
-    read_manifest,
-)
+from catalens.embedders.base import BatchedImageEmbedder, Vectors, l2_normalize
+from catalens.embedders.onnx_card import open_session
+from catalens.embedders.onnx_files import INT8_SUFFIX, read_manifest
 from catalens.embedders.preprocess import Preprocessing
-from catalens.errors import ModelError
+from catalens.errors import ModelError, missing_extra
 from catalens.types import ModelIdentity
-
-RUNTIMES: Final = ("auto", "onnx", "torch")
-VARIANT_SUFFIX: Final = ":int8"
-"""A model spec ending in this asks for the int8 export (``openai/clip-vit-base-patch32:int8``)."""
-
-log = logging.getLogger(__name__)
 
 
 class ClipOnnxEmbedder(BatchedImageEmbedder):
@@ -154,9 +133,8 @@ class ClipOnnxEmbedder(BatchedImageEmbedder):
                 try:
                     import transformers
                 except ImportError as exc:  # pragma: no cover - depends on the extras
-                    raise ModelError(
-                        "CLIP text search needs transformers (for the tokenizer): "
-                        "pip install 'catalens[clip]'"
+                    raise missing_extra(
+                        "clip", "CLIP text search (the tokenizer)", exc.name
                     ) from exc
                 try:
                     self._tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -173,110 +151,3 @@ class ClipOnnxEmbedder(BatchedImageEmbedder):
                     intra_op_threads=self._threads,
                 )
             return self._text, self._tokenizer
-
-
-def split_variant(spec: str) -> tuple[str, str]:
-    """``"dir:int8"`` -> ``("dir", "int8")``; anything else -> ``(spec, "fp32")``."""
-    if spec.endswith(VARIANT_SUFFIX):
-        return spec[: -len(VARIANT_SUFFIX)], "int8"
-    return spec, "fp32"
-
-
-def locate(source: str, *, local_files_only: bool = True) -> tuple[str, str] | None:
-    """``(name, revision)`` of a CLIP model without loading it, as ``ClipEmbedder`` names
-    it: a directory by its folder name and weights digest, a hub id by the commit in the
-    local Hugging Face cache. ``None`` when that cannot be known without loading it."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path.resolve().name, weights_revision(path)
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - transformers brings it
-        return None
-    try:
-        cached = try_to_load_from_cache(source, "config.json")
-    except Exception:
-        return None
-    if not isinstance(cached, str):
-        return None
-    return source, Path(cached).parent.name
-
-
-def _cuda_through_torch() -> bool:
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-def load_clip(
-    spec: str,
-    *,
-    device: str = "auto",
-    batch_size: int = 32,
-    local_files_only: bool = False,
-    runtime: str = "auto",
-    auto_export: bool = False,
-    models_dir: Path | None = None,
-    intra_op_threads: int | None = None,
-) -> Embedder:
-    """The CLIP embedder for ``spec`` on the runtime the table in the module doc picks."""
-    if runtime not in RUNTIMES:
-        raise ModelError(f"unknown CLIP runtime {runtime!r}: use {', '.join(RUNTIMES)}")
-    source, variant = split_variant(spec)
-    if variant != "fp32" and runtime == "torch":
-        raise ModelError(f"{spec}: the {variant} variant runs on ONNX Runtime, not torch")
-    on_gpu = device.startswith("cuda") or (device == "auto" and _cuda_through_torch())
-    if variant == "fp32" and (
-        runtime == "torch" or models_dir is None or (runtime == "auto" and on_gpu)
-    ):
-        return _torch_clip(source, device, batch_size, local_files_only)
-    if models_dir is None:
-        raise ModelError(f"{spec}: ONNX exports need a models folder (CATALENS_HOME)")
-    located = locate(source, local_files_only=local_files_only)
-    if located is not None:
-        directory = export_dir(models_dir, *located)
-        if has_variant(directory, variant):
-            return ClipOnnxEmbedder(
-                directory,
-                variant=variant,
-                device=device,
-                batch_size=batch_size,
-                intra_op_threads=intra_op_threads,
-            )
-    if not auto_export:
-        if runtime == "auto" and variant == "fp32":
-            return _torch_clip(source, device, batch_size, local_files_only)
-        quantize = " --quantize int8" if variant == "int8" else ""
-        raise ModelError(
-            f"no ONNX export of {source}: run `catalens models export {source}{quantize}` "
-            "or set CATALENS_ONNX_AUTO_EXPORT=true"
-        )
-    try:
-        result = export_clip(
-            source,
-            models_dir=models_dir,
-            quantize="int8" if variant == "int8" else None,
-            local_files_only=local_files_only,
-        )
-    except ModelError as exc:
-        if runtime != "auto" or variant != "fp32":
-            raise
-        log.warning("ONNX export of %s failed, running it on torch: %s", source, exc)
-        return _torch_clip(source, device, batch_size, local_files_only)
-    return ClipOnnxEmbedder(
-        result.directory,
-        variant=variant,
-        device=device,
-        batch_size=batch_size,
-        intra_op_threads=intra_op_threads,
-    )
-
-
-def _torch_clip(source: str, device: str, batch_size: int, local_files_only: bool) -> Embedder:
-    from catalens.embedders.clip import ClipEmbedder
-
-    return ClipEmbedder(
-        source, device=device, batch_size=batch_size, local_files_only=local_files_only
-    )

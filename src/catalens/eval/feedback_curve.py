@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from catalens.errors import CatalensError, ConfigError
 from catalens.eval.evaluate import SHUFFLED, EvalReport, Query, evaluate
 from catalens.service.service import CatalensService
+from catalens.service.trusted import TrustedPath
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``."""
@@ -78,7 +79,7 @@ def simulate_feedback(
             try:
                 service.feedback(
                     collection,
-                    image=photo.image,
+                    image=TrustedPath(photo.image),
                     verdict="correct",
                     product_id=product_id,
                     user="simulated",

@@ -1,20 +1,20 @@
-"""Confirmed shopper photos and hard negatives: what feedback writes into a collection.
+"""Confirmed photos and hard negatives: what feedback writes into a collection.
 
-A photo confirmed as product X (verdict ``correct`` or ``actually``) becomes one more view of
-X: the bytes are saved under ``<collection>/views/<content hash>.<ext>``, and an ``images``
-row with origin ``confirmed`` has that path (relative to the collection's folder) as its
-ref, with its provenance (verdict, time, user, query id, query vector) in
-``view_provenance``. Its vector is the photo's single plain view, comparable with catalog
-vectors. Catalog syncs leave such rows alone; they go with their
-product, or when removed here.
+A shopper photo confirmed as product X (verdict ``correct`` or ``actually``) becomes a
+confirmed photo of X, one more searchable image of it: its bytes are kept by the
+collection's state under the ref ``views/<content hash>.<ext>`` (``save_photo``), and an
+image with origin ``confirmed`` has that ref, with its provenance (verdict, time, user,
+query id, query vector). Its vector is the photo's single plain view (zoom crop), comparable
+with the vectors of product images. Catalog syncs leave confirmed photos alone; they go with
+their product, or when removed here. The HTTP API calls them a product's "views".
 
-- The same photo is one view: confirming it again changes nothing, confirming it as another
-  product moves it there, and a ``wrong`` verdict on the product it is a view of removes it.
-- At most ``max_views`` confirmed views per product: past that, the one most redundant with
-  the product's other views (highest cosine to its nearest other view) is dropped.
+- The same photo is one confirmed photo: confirming it again changes nothing, confirming it
+  as another product moves it there, and a ``wrong`` verdict on its product removes it.
+- At most ``max_photos`` confirmed photos per product: past that, the one most redundant
+  with the product's other images (highest cosine to its nearest other image) is dropped.
 
 A ``wrong`` verdict (X was not it) records the query vector as a hard negative of X;
-``scoring.py`` penalises X for queries close to it.
+``search/scoring.py`` penalises X for queries close to it.
 """
 
 from __future__ import annotations
@@ -25,26 +25,28 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from catalens.collection.collection import (
-    VIEWS_DIR,
-    ChangeSet,
-    Collection,
-    ImageChange,
-    ViewProvenance,
-)
+from catalens.collection.collection import Collection
 from catalens.errors import ProductNotFoundError
 from catalens.ingest.decode import content_hash, sniff_format
+from catalens.ledger.state import (
+    CONFIRMED,
+    OK,
+    PHOTO_PREFIX,
+    ChangeSet,
+    ConfirmedPhotoRow,
+    ImageChange,
+    PhotoProvenance,
+)
 
-CONFIRMED = "confirmed"
 CONFIRMING_VERDICTS = ("correct", "actually")
 _POSITION_BASE = 1_000_000
-"""Confirmed views sort after every catalog image of their product."""
+"""Confirmed photos sort after every product image of their product."""
 
 
 @dataclass(frozen=True)
-class ConfirmedView:
+class ConfirmedPhoto:
     view_id: int
-    """The image id of the view (what ``DELETE .../views/{view_id}`` takes)."""
+    """The photo's image id (what ``DELETE .../views/{view_id}`` takes)."""
     product_id: str
     ref: str
     content_hash: str
@@ -53,65 +55,51 @@ class ConfirmedView:
     user: str | None
     query_id: str | None
 
+    @classmethod
+    def from_row(cls, row: ConfirmedPhotoRow) -> ConfirmedPhoto:
+        return cls(
+            view_id=row.image_id,
+            product_id=row.product_id,
+            ref=row.ref,
+            content_hash=row.content_hash,
+            verdict=row.verdict,
+            created_at=row.created_at,
+            user=row.user,
+            query_id=row.query_id,
+        )
+
 
 @dataclass(frozen=True)
-class ViewChange:
+class PhotoChange:
     """What one confirmation did."""
 
-    view: ConfirmedView | None
-    """The product's view of the photo (``None`` when the cap dropped it at once)."""
+    view: ConfirmedPhoto | None
+    """The product's confirmed photo (``None`` when the cap dropped it at once)."""
     added: bool
-    """False when the photo already was a view of that product."""
+    """False when the photo already was an image of that product."""
     removed: tuple[int, ...] = ()
-    """Views removed: the same photo under another product, or dropped by the cap."""
+    """Confirmed photos removed: the same photo under another product, or dropped by the
+    cap."""
 
 
-def list_views(collection: Collection, product_id: str | None = None) -> list[ConfirmedView]:
-    """The confirmed views of one product (or of every product), oldest first."""
-    sql = (
-        "SELECT i.image_id, i.product_id, i.ref, i.content_hash, p.verdict, p.created_at, "
-        "p.user, p.query_id FROM images i LEFT JOIN view_provenance p "
-        "ON p.image_id = i.image_id WHERE i.origin = ?"
-    )
-    params: list[object] = [CONFIRMED]
-    if product_id is not None:
-        sql += " AND i.product_id = ?"
-        params.append(product_id)
-    rows = collection.ledger.query(sql + " ORDER BY i.image_id", params)
-    return [
-        ConfirmedView(
-            view_id=int(image_id),
-            product_id=str(pid),
-            ref=str(ref),
-            content_hash=str(digest or ""),
-            verdict=str(verdict or "correct"),
-            created_at=float(created or 0.0),
-            user=None if user is None else str(user),
-            query_id=None if query_id is None else str(query_id),
-        )
-        for image_id, pid, ref, digest, verdict, created, user, query_id in rows
-    ]
+def list_photos(collection: Collection, product_id: str | None = None) -> list[ConfirmedPhoto]:
+    """The confirmed photos of one product (or of every product), oldest first."""
+    return [ConfirmedPhoto.from_row(row) for row in collection.ledger.confirmed_photos(product_id)]
 
 
 def confirmed_count(collection: Collection) -> int:
-    rows = collection.ledger.query("SELECT COUNT(*) FROM images WHERE origin = ?", (CONFIRMED,))
-    return int(rows[0][0])
+    return collection.ledger.confirmed_count()
 
 
 def save_photo(collection: Collection, data: bytes, digest: str) -> str:
-    """Save the photo's bytes (whose ``content_hash`` is ``digest``) under ``views/``, once
-    per content; its ref, relative to the collection's folder."""
-    ref = f"{VIEWS_DIR}/{digest}.{_extension(data)}"
-    path = collection.directory / ref
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.is_file():
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+    """Keep the photo's bytes (whose ``content_hash`` is ``digest``), once per content; its
+    ref."""
+    ref = f"{PHOTO_PREFIX}{digest}.{_extension(data)}"
+    collection.ledger.save_photo(ref, data)
     return ref
 
 
-def add_view(
+def add_photo(
     collection: Collection,
     product_id: str,
     *,
@@ -122,62 +110,58 @@ def add_view(
     max_views: int,
     user: str | None = None,
     query_id: str | None = None,
-) -> ViewChange:
-    """Make ``photo`` a confirmed view of ``product_id`` (see the module docstring)."""
+) -> PhotoChange:
+    """Make ``photo`` a confirmed photo of ``product_id`` (see the module docstring);
+    ``max_views`` is the cap on confirmed photos per product."""
     require_product(collection, product_id)
+    state = collection.ledger
     digest = content_hash(photo)
-    mine = [row for row in collection.ledger.images_of(product_id) if row.content_hash == digest]
-    if mine:  # the same bytes already are a view (or a catalog image) of this product
-        existing = [v for v in list_views(collection, product_id) if v.content_hash == digest]
-        return ViewChange(view=existing[0] if existing else None, added=False)
+    if any(row.content_hash == digest for row in state.images_of(product_id)):
+        # The same bytes already are a confirmed photo (or a product image) of this product.
+        existing = [p for p in list_photos(collection, product_id) if p.content_hash == digest]
+        return PhotoChange(view=existing[0] if existing else None, added=False)
     ref = save_photo(collection, photo, digest)
     changes = ChangeSet()
     removed: list[int] = []
-    for image_id, other, other_ref in collection.ledger.query(
-        "SELECT image_id, product_id, ref FROM images WHERE origin = ? AND content_hash = ? "
-        "AND product_id != ?",
-        (CONFIRMED, digest, product_id),
-    ):
-        changes.removed_images.append((str(other), str(other_ref)))
-        removed.append(int(image_id))
-    if not collection.ledger.known_hashes([digest]):
-        collection.ledger.save_vectors([digest], plain.reshape(1, -1))
-    position = _POSITION_BASE + len(collection.ledger.images_of(product_id))
+    for other in state.confirmed_photos(content_hash=digest):
+        if other.product_id != product_id:
+            changes.removed_images.append((other.product_id, other.ref))
+            removed.append(other.image_id)
+    if not state.known_hashes([digest]):
+        state.save_vectors([digest], plain.reshape(1, -1))
+    position = _POSITION_BASE + len(state.images_of(product_id))
     changes.images.append(
         ImageChange(
             product_id=product_id,
             ref=ref,
             position=position,
             content_hash=digest,
-            status="ok",
+            status=OK,
             origin=CONFIRMED,
-            provenance=ViewProvenance(
+            provenance=PhotoProvenance(
                 verdict=verdict,
                 created_at=time.time(),
                 user=user,
                 query_id=query_id,
-                query_vector=None if query is None else _blob(query),
+                query_vector=query,
             ),
         )
     )
     collection.apply(changes)
-    dropped = enforce_cap(collection, product_id, max_views)
-    removed.extend(dropped)
-    view = next((v for v in list_views(collection, product_id) if v.content_hash == digest), None)
-    return ViewChange(view=view, added=view is not None, removed=tuple(removed))
+    removed.extend(enforce_cap(collection, product_id, max_views))
+    mine = next((p for p in list_photos(collection, product_id) if p.content_hash == digest), None)
+    return PhotoChange(view=mine, added=mine is not None, removed=tuple(removed))
 
 
 def enforce_cap(collection: Collection, product_id: str, max_views: int) -> list[int]:
-    """Drop the most redundant confirmed views of a product until at most ``max_views``."""
-    views = list_views(collection, product_id)
-    if len(views) <= max_views:
+    """Drop the most redundant confirmed photos of a product until at most ``max_views``."""
+    photos = list_photos(collection, product_id)
+    if len(photos) <= max_views:
         return []
-    rows = [r for r in collection.ledger.images_of(product_id) if r.status == "ok"]
-    vectors = collection.ledger.vectors_of_images(
-        [r.image_id for r in rows], collection.config.model.dim
-    )
+    rows = [r for r in collection.ledger.images_of(product_id) if r.status == OK]
     ids = [r.image_id for r in rows]
-    confirmed = {v.view_id for v in views}
+    vectors = collection.ledger.vectors_of_images(ids, collection.config.model.dim)
+    confirmed = {p.view_id for p in photos}
     keep = np.ones(len(ids), dtype=bool)
     dropped: list[int] = []
     similarity = vectors @ vectors.T
@@ -188,28 +172,28 @@ def enforce_cap(collection: Collection, product_id: str, max_views: int) -> list
         worst = max(candidates, key=lambda i: (nearest[i], ids[i]))
         keep[worst] = False
         dropped.append(ids[worst])
-    refs = {v.view_id: v.ref for v in views}
+    refs = {p.view_id: p.ref for p in photos}
     collection.apply(ChangeSet(removed_images=[(product_id, refs[i]) for i in dropped]))
     return dropped
 
 
-def remove_views(
+def remove_photos(
     collection: Collection, product_id: str, view_ids: list[int] | None = None
 ) -> list[int]:
-    """Remove some confirmed views of a product (all of them with ``view_ids=None``); the ids
-    removed. An id that is not a confirmed view of that product is ignored."""
+    """Remove some confirmed photos of a product (all of them with ``view_ids=None``); the
+    ids removed. An id that is not a confirmed photo of that product is ignored."""
     require_product(collection, product_id)
-    views = list_views(collection, product_id)
-    chosen = [v for v in views if view_ids is None or v.view_id in set(view_ids)]
+    photos = list_photos(collection, product_id)
+    chosen = [p for p in photos if view_ids is None or p.view_id in set(view_ids)]
     if chosen:
-        collection.apply(ChangeSet(removed_images=[(product_id, v.ref) for v in chosen]))
-    return [v.view_id for v in chosen]
+        collection.apply(ChangeSet(removed_images=[(product_id, p.ref) for p in chosen]))
+    return [p.view_id for p in chosen]
 
 
-def remove_photo_view(collection: Collection, product_id: str, digest: str) -> list[int]:
-    """Remove the confirmed view of ``product_id`` made from the photo with this hash."""
-    ids = [v.view_id for v in list_views(collection, product_id) if v.content_hash == digest]
-    return remove_views(collection, product_id, ids) if ids else []
+def remove_photo(collection: Collection, product_id: str, digest: str) -> list[int]:
+    """Remove the confirmed photo of ``product_id`` whose bytes have this hash."""
+    ids = [p.view_id for p in list_photos(collection, product_id) if p.content_hash == digest]
+    return remove_photos(collection, product_id, ids) if ids else []
 
 
 def add_negative(
@@ -223,37 +207,24 @@ def add_negative(
 ) -> int:
     """Record that ``query`` was not ``product_id``; the negative's id."""
     require_product(collection, product_id)
-    with collection.ledger.transaction() as db:
-        cursor = db.execute(
-            "INSERT INTO negatives (product_id, content_hash, vector, created_at, user, "
-            "query_id) VALUES (?, ?, ?, ?, ?, ?)",
-            (product_id, digest, _blob(query), time.time(), user, query_id),
-        )
-        return int(cursor.lastrowid or 0)
+    return collection.ledger.add_negative(
+        product_id, query, content_hash=digest, user=user, query_id=query_id
+    )
 
 
 def negative_count(collection: Collection, product_id: str | None = None) -> int:
-    if product_id is None:
-        rows = collection.ledger.query("SELECT COUNT(*) FROM negatives")
-    else:
-        rows = collection.ledger.query(
-            "SELECT COUNT(*) FROM negatives WHERE product_id = ?", (product_id,)
-        )
-    return int(rows[0][0])
+    return collection.ledger.negative_count(product_id)
 
 
-def view_queries(collection: Collection) -> dict[int, NDArray[np.float32]]:
-    """Confirmed view id -> the query vector its photo was searched with (when known)."""
-    rows = collection.ledger.query(
-        "SELECT image_id, query_vector FROM view_provenance WHERE query_vector IS NOT NULL"
-    )
+def photo_queries(collection: Collection) -> dict[int, NDArray[np.float32]]:
+    """Confirmed photo image id -> the query vector its photo was searched with (when
+    known)."""
     dim = collection.config.model.dim
-    out = {}
-    for image_id, blob in rows:
-        vector = np.frombuffer(blob, dtype=np.float32)
-        if vector.size == dim:
-            out[int(image_id)] = vector.copy()
-    return out
+    return {
+        image_id: vector.copy()
+        for image_id, vector in collection.ledger.confirmed_queries().items()
+        if vector.size == dim
+    }
 
 
 def require_product(collection: Collection, product_id: str) -> None:
@@ -267,23 +238,37 @@ def _extension(data: bytes) -> str:
     return "jpg" if kind == "jpeg" else kind
 
 
-def _blob(vector: NDArray[np.float32]) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-
+# The names these had while "view" also meant a confirmed photo; the HTTP API keeps that word
+# (``/views/{view_id}``). Kept until service/, api/ and feedback/verdicts.py move over.
+ConfirmedView = ConfirmedPhoto
+ViewChange = PhotoChange
+list_views = list_photos
+add_view = add_photo
+remove_views = remove_photos
+remove_photo_view = remove_photo
+view_queries = photo_queries
 
 __all__ = [
     "CONFIRMED",
     "CONFIRMING_VERDICTS",
+    "ConfirmedPhoto",
     "ConfirmedView",
+    "PhotoChange",
     "ViewChange",
     "add_negative",
+    "add_photo",
     "add_view",
     "confirmed_count",
     "enforce_cap",
+    "list_photos",
     "list_views",
     "negative_count",
+    "photo_queries",
+    "remove_photo",
     "remove_photo_view",
+    "remove_photos",
     "remove_views",
     "require_product",
+    "save_photo",
     "view_queries",
 ]

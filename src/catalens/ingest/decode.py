@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError, features
 
 from catalens.errors import ImageDecodeError, ImageError, ImageTooLargeError
 
@@ -40,7 +40,16 @@ _PIL_FORMATS = {
     "webp": "WEBP",
     "bmp": "BMP",
     "tiff": "TIFF",
+    "heif": "HEIF",  # pillow-heif's plugin (phone photos: HEIC)
+    "avif": "AVIF",  # Pillow's own plugin (11.3 and later, built with libavif)
 }
+# ISO base media files (HEIF, AVIF) start with an ``ftyp`` box: a major brand and a list of
+# compatible brands. AVIF is checked first: it is HEIF with AV1 inside, and AVIF files also
+# list the generic HEIF brands (``mif1``, ``msf1``).
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
 # BMP's magic is only "BM", which plenty of text starts with; the DIB header size that follows
 # the 14-byte file header is one of a handful of values in every real BMP.
 _BMP_DIB_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
@@ -64,7 +73,8 @@ class ImageLimits:
 def sniff_format(data: bytes) -> str | None:
     """The image format named by the leading magic bytes, or ``None`` if it is not one of ours.
 
-    Returns one of ``"jpeg"``, ``"png"``, ``"gif"``, ``"webp"``, ``"bmp"``, ``"tiff"``.
+    Returns one of ``"jpeg"``, ``"png"``, ``"gif"``, ``"webp"``, ``"bmp"``, ``"tiff"``,
+    ``"heif"``, ``"avif"``.
     """
     if data.startswith(b"\xff\xd8\xff"):
         return "jpeg"
@@ -82,6 +92,22 @@ def sniff_format(data: bytes) -> str | None:
         and int.from_bytes(data[14:18], "little") in _BMP_DIB_HEADER_SIZES
     ):
         return "bmp"
+    return _sniff_ftyp(data)
+
+
+def _sniff_ftyp(data: bytes) -> str | None:
+    if len(data) < 16 or data[4:8] != b"ftyp":
+        return None
+    size = int.from_bytes(data[:4], "big")
+    if size < 16 or size % 4:
+        return None
+    box = data[8 : min(size, len(data), 512)]
+    brands = {box[i : i + 4] for i in range(0, len(box) - 3, 4)}
+    brands.discard(box[4:8])  # the minor version, not a brand
+    if brands & _AVIF_BRANDS:
+        return "avif"
+    if brands & _HEIF_BRANDS:
+        return "heif"
     return None
 
 
@@ -155,6 +181,9 @@ def decode_image(
     if draft_size is not None and min(draft_size) < 1:
         raise ValueError(f"draft_size must be positive, got {draft_size}")
     fmt = check_image_bytes(data, source=source, max_bytes=limits.max_bytes)
+    missing = _missing_plugin(fmt)
+    if missing:
+        raise ImageDecodeError(source, missing)
     # Pillow's own bomb check warns (and later raises) on its global MAX_IMAGE_PIXELS. We do
     # not touch that global; we turn its warning into an exception here so that it is
     # reported like our own limit. Pillow's plugins also warn about damaged metadata
@@ -256,6 +285,30 @@ def _to_rgb(img: Image.Image, *, source: str) -> Image.Image:
         return img.convert("RGB")
     except ValueError as exc:
         raise ImageDecodeError(source, f"unsupported image mode {img.mode}") from exc
+
+
+def _register_heif() -> bool:
+    """Register pillow-heif's HEIF opener with Pillow (once, at import); False without it."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    # HEIC's own thumbnails and depth maps are never used here: do not decode them.
+    register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    return True
+
+
+_HEIF_READY = _register_heif()
+_AVIF_READY = bool(features.check("avif"))
+
+
+def _missing_plugin(fmt: str) -> str | None:
+    """Why this installation cannot decode ``fmt``, or None when it can."""
+    if fmt == "heif" and not _HEIF_READY:
+        return "HEIC/HEIF image, but pillow-heif is not installed (pip install pillow-heif)"
+    if fmt == "avif" and not _AVIF_READY:
+        return "AVIF image, but this Pillow has no AVIF support (pip install 'pillow>=11.3')"
+    return None
 
 
 def _bytes_over(size: int, limit: int) -> str:

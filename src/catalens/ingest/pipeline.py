@@ -16,6 +16,7 @@ One bad image is recorded with its reason and skipped; a broken store or model s
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -36,7 +37,8 @@ from catalens.embedders.preprocess import Preprocessing
 from catalens.errors import CatalensError, ModelError
 from catalens.ingest.decode import ImageLimits, content_hash, decode_image
 from catalens.ingest.fetch import ImageFetcher
-from catalens.ledger.sqlite import ImageRow
+from catalens.ledger.state import CollectionState, ImageRow
+from catalens.refs import is_url
 from catalens.types import Product, ValidationReport
 
 T = TypeVar("T")
@@ -59,7 +61,10 @@ def default_decode_workers() -> int:
 
 
 @dataclass(frozen=True)
-class FailedImage:
+class IngestFailure:
+    """An image this ingest run could not use, and why (the ledger keeps its own record:
+    ``ledger.state.FailedImage``)."""
+
     product_id: str
     ref: str
     reason: str
@@ -79,7 +84,7 @@ class IngestReport:
     """Embedding found in the ledger (unchanged image, duplicate bytes, or a resumed run)."""
     images_unchanged: int = 0
     images_removed: int = 0
-    failed: list[FailedImage] = field(default_factory=list)
+    failed: list[IngestFailure] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -147,11 +152,12 @@ class Ingestor:
         report.products_seen = len(products)
         tasks: list[_Task] = []
         seen_refs: set[tuple[str, str]] = set()
+        # A known product counts as updated only for a real change: its title, metadata or
+        # image list here, or one of its images' content below.
+        updated = _changed_products(ledger, products, known_products, previous)
         for product in products:
             changes.products.append(product)
-            if product.id in known_products:
-                report.products_updated += 1
-            else:
+            if product.id not in known_products:
                 report.products_added += 1
             for position, ref in enumerate(dict.fromkeys(product.images)):
                 key = (product.id, ref)
@@ -160,7 +166,11 @@ class Ingestor:
         report.images_seen = len(tasks)
 
         for loaded in self._embed_all(tasks, report):
-            changes.images.append(self._image_change(loaded, report))
+            change = self._image_change(loaded, report)
+            changes.images.append(change)
+            if loaded.task.previous is not None and _image_differs(loaded.task.previous, change):
+                updated.add(change.product_id)
+        report.products_updated = len(updated & known_products)
 
         seen_ids = {p.id for p in products}
         for (product_id, ref), row in previous.items():
@@ -277,7 +287,7 @@ class Ingestor:
     def _image_change(self, loaded: _Loaded, report: IngestReport) -> ImageChange:
         task, previous = loaded.task, loaded.task.previous
         if loaded.error is not None:
-            report.failed.append(FailedImage(task.product_id, task.ref, loaded.error))
+            report.failed.append(IngestFailure(task.product_id, task.ref, loaded.error))
             if previous is not None and previous.status == "ok":
                 # A transient failure must not drop a product that was searchable:
                 # keep its last good vector and note the error.
@@ -315,8 +325,47 @@ class Ingestor:
         )
 
 
+def _changed_products(
+    ledger: CollectionState,
+    products: list[Product],
+    known: set[str],
+    previous: dict[tuple[str, str], ImageRow],
+) -> set[str]:
+    """Known products whose title, metadata or list of catalog images differs from the
+    ledger's (compared as the ledger stores them: metadata through JSON)."""
+    stored = ledger.get_products(p.id for p in products if p.id in known)
+    stored_refs: dict[str, list[tuple[int, str]]] = {}
+    for (product_id, ref), row in previous.items():
+        if row.origin == "catalog":
+            stored_refs.setdefault(product_id, []).append((row.position, ref))
+    changed: set[str] = set()
+    for product in products:
+        if product.id not in stored:
+            continue
+        title, metadata = stored[product.id]
+        refs = tuple(ref for _, ref in sorted(stored_refs.get(product.id, [])))
+        as_stored = json.loads(json.dumps(dict(product.metadata), default=str))
+        if (title, metadata, refs) != (
+            product.title,
+            as_stored,
+            tuple(dict.fromkeys(product.images)),
+        ):
+            changed.add(product.id)
+    return changed
+
+
+def _image_differs(previous: ImageRow, change: ImageChange) -> bool:
+    """Whether an image the ledger knew changed in what a search sees: its bytes, or whether
+    it is usable and why not."""
+    return (previous.content_hash, previous.status, previous.error) != (
+        change.content_hash,
+        change.status,
+        change.error,
+    )
+
+
 def _local_path(ref: str) -> Path | None:
-    if ref.startswith(("http://", "https://")):
+    if is_url(ref):
         return None
     if ref.startswith("file://"):
         return Path(ref[len("file://") :])

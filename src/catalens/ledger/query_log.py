@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from catalens.ledger.blobs import from_blob, to_blob
 from catalens.types import ModelIdentity
 
 _SCHEMA = """
@@ -112,7 +113,10 @@ class QueryLog:
                 db.execute("INSERT INTO queries VALUES (?, ?, ?)", (query_id, created, image))
                 db.executemany(
                     "INSERT INTO query_vectors VALUES (?, ?, ?, ?)",
-                    [(query_id, key, _blob(v.query), _blob(v.plain)) for key, v in vectors.items()],
+                    [
+                        (query_id, key, to_blob(v.query), to_blob(v.plain))
+                        for key, v in vectors.items()
+                    ],
                 )
                 self._prune(db, created)
             except BaseException:
@@ -158,9 +162,5 @@ class QueryLog:
         return int(count)
 
 
-def _blob(vector: NDArray[np.float32]) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-
-
 def _array(blob: bytes) -> NDArray[np.float32]:
-    return np.frombuffer(blob, dtype=np.float32).copy()
+    return from_blob(blob).copy()

@@ -1,18 +1,10 @@
-"""The collection's sqlite ledger: products, their images, and every vector ever embedded.
+"""The sqlite ledger: ``CollectionState`` kept in one collection's folder.
 
-The ledger is the source of truth; the vector index is derived from it. Three tables:
-
-- ``products``: id, title, metadata (JSON).
-- ``images``: one row per (product, image reference) with a stable integer ``image_id`` (the
-  vector store's key), the content hash of the bytes last seen, and a status (``ok`` or
-  ``failed`` with the reason). For local files the size and mtime are kept so an unchanged
-  file is not even read again.
-- ``vectors``: content hash -> float32 vector. Written as soon as a batch is embedded, so a
-  killed run resumes without embedding anything twice, and duplicate images across products
-  share one embedding.
-- ``view_provenance`` and ``negatives``: what shoppers' feedback taught (see ``views.py``):
-  where each confirmed photo (an ``images`` row with origin ``confirmed``) came from, and the
-  query vectors a product was wrongly matched to. Both go with their image or product.
+The ledger is the source of truth; the vector index is derived from it. In the folder:
+``catalog.sqlite`` (tables and migrations: ``sqlite_schema.py``), ``collection.json`` (the
+config, readable without opening the database; its presence is what makes the folder a
+collection) and ``views/`` (the bytes of confirmed photos, one file per content hash, named by
+their ref).
 
 A ``generation`` counter in ``meta`` goes up with every committed change to what is
 searchable; the vector store is flushed with that counter as its tag, so a store that lags
@@ -22,118 +14,98 @@ behind the ledger (a crash between the two) is detected on open and rebuilt.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from catalens.ledger.blobs import from_blob, to_blob
+from catalens.ledger.sqlite_schema import migrate
+from catalens.ledger.sqlite_writes import apply_changes
+from catalens.ledger.state import (
+    CATALOG,
+    CONFIRMED,
+    FAILED,
+    OK,
+    PHOTO_PREFIX,
+    AppliedChanges,
+    ChangeSet,
+    ConfirmedPhotoRow,
+    FailedImage,
+    ImageRow,
+    NegativeRow,
+    PreviewImage,
+    SearchableImage,
+)
 from catalens.types import Product
 
-SCHEMA_VERSION = 1
+CONFIG_FILE = "collection.json"
+DB_FILE = "catalog.sqlite"
 _IN_CHUNK = 500
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS products (
-    id TEXT PRIMARY KEY,
-    title TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS images (
-    image_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    product_id TEXT NOT NULL REFERENCES products(id) ON DELETE CASCADE,
-    ref TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    origin TEXT NOT NULL DEFAULT 'catalog',
-    content_hash TEXT,
-    file_size INTEGER,
-    file_mtime_ns INTEGER,
-    status TEXT NOT NULL,
-    error TEXT,
-    updated_at REAL NOT NULL,
-    UNIQUE (product_id, ref)
-);
-CREATE INDEX IF NOT EXISTS images_by_hash ON images(content_hash);
-CREATE TABLE IF NOT EXISTS vectors (content_hash TEXT PRIMARY KEY, vector BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS view_provenance (
-    image_id INTEGER PRIMARY KEY REFERENCES images(image_id) ON DELETE CASCADE,
-    verdict TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    user TEXT,
-    query_id TEXT,
-    query_vector BLOB
-);
-CREATE TABLE IF NOT EXISTS negatives (
-    negative_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    product_id TEXT NOT NULL REFERENCES products(id) ON DELETE CASCADE,
-    content_hash TEXT,
-    vector BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    user TEXT,
-    query_id TEXT
-);
-CREATE INDEX IF NOT EXISTS negatives_by_product ON negatives(product_id);
-"""
+_IMAGE_COLUMNS = (
+    "image_id, product_id, ref, position, origin, content_hash, file_size, file_mtime_ns, "
+    "status, error"
+)
+# meta keys of the small documents
+_CALIBRATION, _DOMAIN_MEAN, _LAST_SYNC = "calibration", "query_mean", "last_sync"
 
 
-@dataclass(frozen=True)
-class ImageRow:
-    image_id: int
-    product_id: str
-    ref: str
-    position: int
-    origin: str
-    content_hash: str | None
-    file_size: int | None
-    file_mtime_ns: int | None
-    status: str
-    error: str | None
+def _searchable(alias: str = "") -> str:
+    """The one definition of a searchable image, as a condition on ``images``."""
+    p = f"{alias}." if alias else ""
+    return f"{p}status = '{OK}' AND {p}content_hash IS NOT NULL"
 
 
-@dataclass(frozen=True)
-class FailedImage:
-    product_id: str
-    ref: str
-    error: str
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
-class Ledger:
-    """Thread-safe access to one collection's sqlite database."""
+class SqliteState:
+    """One collection's state in its folder; thread-safe (one connection behind a lock)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / DB_FILE
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        # executescript commits on its own, so it cannot run inside transaction().
-        self._db.executescript(_SCHEMA)
-        with self.transaction():
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._transaction() as db:
+                migrate(db, self.path)
+        except BaseException:
+            self._db.close()
+            raise
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        """Whether ``directory`` holds a collection (its config was saved)."""
+        return (directory / CONFIG_FILE).is_file()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def checkpoint(self) -> None:
-        """Move the write-ahead log into the database file (before copying the file)."""
+        """Move the write-ahead log into the database file (before copying the folder)."""
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic unit of work; everything inside commits together or not at all."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -148,10 +120,6 @@ class Ledger:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """The rows of one read-only statement (for the modules that own a table here)."""
-        return self._query(sql, params)
-
     def _chunked_in(self, sql: str, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
         """The rows of ``sql`` for every one of ``values``, bound in chunks that stay under
         sqlite's limit on parameters: ``sql`` has one ``IN ({marks})`` for them."""
@@ -159,28 +127,72 @@ class Ledger:
             chunk = values[start : start + _IN_CHUNK]
             yield from self._query(sql.format(marks=",".join("?" * len(chunk))), chunk)
 
-    # -- meta ----------------------------------------------------------------------------
+    # -- config and small documents ------------------------------------------------------
 
-    def get_meta(self, key: str) -> str | None:
+    def config(self) -> Mapping[str, Any] | None:
+        path = self.directory / CONFIG_FILE
+        if not path.is_file():
+            return None
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
+
+    def set_config(self, data: Mapping[str, Any]) -> None:
+        write_json_atomic(self.directory / CONFIG_FILE, data)
+
+    def _document(self, key: str) -> Mapping[str, Any] | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return str(rows[0][0]) if rows else None
+        if not rows or not rows[0][0]:  # "" is how version 1 forgot a calibration
+            return None
+        data: dict[str, Any] = json.loads(rows[0][0])
+        return data
 
-    def set_meta(self, key: str, value: str) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+    def _set_document(self, key: str, data: Mapping[str, Any] | None) -> None:
+        with self._transaction() as db:
+            if data is None:
+                db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(data)))
+
+    def calibration(self) -> Mapping[str, Any] | None:
+        return self._document(_CALIBRATION)
+
+    def set_calibration(self, data: Mapping[str, Any] | None) -> None:
+        self._set_document(_CALIBRATION, data)
+
+    def domain_mean(self) -> Mapping[str, Any] | None:
+        return self._document(_DOMAIN_MEAN)
+
+    def set_domain_mean(self, data: Mapping[str, Any]) -> None:
+        self._set_document(_DOMAIN_MEAN, data)
+
+    def last_sync(self) -> Mapping[str, Any] | None:
+        return self._document(_LAST_SYNC)
+
+    def set_last_sync(self, data: Mapping[str, Any]) -> None:
+        self._set_document(_LAST_SYNC, data)
+
+    # -- changes ----------------------------------------------------------------------------
 
     @property
     def generation(self) -> int:
-        return int(self.get_meta("generation") or 0)
+        rows = self._query("SELECT value FROM meta WHERE key = 'generation'")
+        return int(rows[0][0]) if rows else 0
 
-    @staticmethod
-    def bump_generation(db: sqlite3.Connection) -> int:
-        """Inside a transaction: mark that what is searchable changed."""
-        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        row = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return int(row[0])
+    def change_marker(self) -> tuple[int, ...]:
+        (row,) = self._query(
+            "SELECT (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), "
+            "(SELECT COALESCE(MAX(negative_id), 0) FROM negatives), "
+            "(SELECT COUNT(*) FROM negatives)"
+        )
+        return tuple(int(v or 0) for v in row)
 
-    # -- products ------------------------------------------------------------------------
+    def apply(self, changes: ChangeSet) -> AppliedChanges:
+        with self._transaction() as db:
+            applied, dropped_photos = apply_changes(db, changes)
+        self._delete_unreferenced_photos(dropped_photos)
+        return applied
+
+    # -- products -------------------------------------------------------------------------
 
     def product_ids(self) -> set[str]:
         return {str(row[0]) for row in self._query("SELECT id FROM products")}
@@ -190,8 +202,8 @@ class Ledger:
         if not rows:
             return None
         refs = self._query(
-            "SELECT ref FROM images WHERE product_id = ? AND origin = 'catalog' ORDER BY position",
-            (product_id,),
+            "SELECT ref FROM images WHERE product_id = ? AND origin = ? ORDER BY position",
+            (product_id, CATALOG),
         )
         pid, title, metadata = rows[0]
         return Product(
@@ -202,7 +214,6 @@ class Ledger:
         )
 
     def get_products(self, product_ids: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-        """id -> (title, metadata) for the ids that exist."""
         rows = self._chunked_in(
             "SELECT id, title, metadata FROM products WHERE id IN ({marks})",
             list(dict.fromkeys(product_ids)),
@@ -217,81 +228,65 @@ class Ledger:
         products = [self.get_product(str(r[0])) for r in rows]
         return [p for p in products if p is not None]
 
-    @staticmethod
-    def write_product(db: sqlite3.Connection, product: Product) -> None:
-        db.execute(
-            "INSERT INTO products (id, title, metadata, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET title = excluded.title, "
-            "metadata = excluded.metadata, updated_at = excluded.updated_at",
-            (
-                product.id,
-                product.title,
-                json.dumps(dict(product.metadata), default=str),
-                time.time(),
-            ),
-        )
+    # -- images ---------------------------------------------------------------------------
 
-    # -- images --------------------------------------------------------------------------
+    def image(self, image_id: int) -> ImageRow | None:
+        rows = self._query(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE image_id = ?", (image_id,))
+        return ImageRow(*rows[0]) if rows else None
 
     def images_of(self, product_id: str) -> list[ImageRow]:
-        return [
-            ImageRow(*row)
-            for row in self._query(
-                "SELECT image_id, product_id, ref, position, origin, content_hash, file_size, "
-                "file_mtime_ns, status, error FROM images WHERE product_id = ? ORDER BY position",
-                (product_id,),
-            )
-        ]
+        rows = self._query(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE product_id = ? ORDER BY position",
+            (product_id,),
+        )
+        return [ImageRow(*row) for row in rows]
 
     def all_images(self) -> dict[tuple[str, str], ImageRow]:
-        rows = self._query(
-            "SELECT image_id, product_id, ref, position, origin, content_hash, file_size, "
-            "file_mtime_ns, status, error FROM images"
-        )
+        rows = self._query(f"SELECT {_IMAGE_COLUMNS} FROM images")
         return {(str(r[1]), str(r[2])): ImageRow(*r) for r in rows}
 
-    def image_refs(self, image_ids: Iterable[int]) -> dict[int, str]:
-        rows = self._chunked_in(
-            "SELECT image_id, ref FROM images WHERE image_id IN ({marks})", list(image_ids)
+    def searchable_images(self) -> list[SearchableImage]:
+        rows = self._query(
+            "SELECT image_id, product_id, content_hash, origin FROM images "
+            f"WHERE {_searchable()} ORDER BY image_id"
         )
-        return {int(image_id): str(ref) for image_id, ref in rows}
+        return [SearchableImage(int(i), str(p), str(h), str(o)) for i, p, h, o in rows]
 
-    def preview_refs(self, image_ids: Iterable[int]) -> dict[int, str]:
-        """For each image id: its ref when it is a catalog image, else (a confirmed photo)
-        the ref of its product's first good catalog image, or ``""`` when it has none."""
+    def previews(self, image_ids: Iterable[int]) -> dict[int, PreviewImage]:
         rows = self._chunked_in(
-            "SELECT i.image_id, CASE WHEN i.origin = 'catalog' THEN i.ref ELSE COALESCE(("
-            "SELECT c.ref FROM images c WHERE c.product_id = i.product_id "
-            "AND c.origin = 'catalog' AND c.status = 'ok' ORDER BY c.position LIMIT 1), '') END "
-            "FROM images i WHERE i.image_id IN ({marks})",
+            "SELECT m.image_id, p.image_id, p.ref FROM images m JOIN images p ON p.image_id = "
+            f"CASE WHEN m.origin = '{CATALOG}' THEN m.image_id ELSE (SELECT c.image_id "
+            f"FROM images c WHERE c.product_id = m.product_id AND c.origin = '{CATALOG}' "
+            f"AND {_searchable('c')} ORDER BY c.position LIMIT 1) END "
+            "WHERE m.image_id IN ({marks})",
             list(image_ids),
         )
-        return {int(image_id): str(ref) for image_id, ref in rows}
+        return {int(matched): PreviewImage(int(shown), str(ref)) for matched, shown, ref in rows}
 
     def failed_images(self) -> list[FailedImage]:
-        return [
-            FailedImage(str(pid), str(ref), str(err))
-            for pid, ref, err in self._query(
-                "SELECT product_id, ref, error FROM images WHERE status = 'failed' "
-                "ORDER BY product_id, position"
-            )
-        ]
+        rows = self._query(
+            "SELECT product_id, ref, error FROM images WHERE status = ? "
+            "ORDER BY product_id, position",
+            (FAILED,),
+        )
+        return [FailedImage(str(pid), str(ref), str(err)) for pid, ref, err in rows]
 
     def counts(self) -> dict[str, int]:
-        (products,) = self._query("SELECT COUNT(*) FROM products")[0]
-        (images,) = self._query("SELECT COUNT(*) FROM images WHERE status = 'ok'")[0]
-        (failed,) = self._query("SELECT COUNT(*) FROM images WHERE status = 'failed'")[0]
-        (confirmed,) = self._query(
-            "SELECT COUNT(*) FROM images WHERE status = 'ok' AND origin != 'catalog'"
-        )[0]
+        (row,) = self._query(
+            "SELECT (SELECT COUNT(*) FROM products), "
+            f"(SELECT COUNT(*) FROM images WHERE {_searchable()}), "
+            f"(SELECT COUNT(*) FROM images WHERE status = '{FAILED}'), "
+            f"(SELECT COUNT(*) FROM images WHERE {_searchable()} AND origin != '{CATALOG}')"
+        )
+        products, images, failed, confirmed = (int(v) for v in row)
         return {
-            "products": int(products),
-            "images": int(images),
-            "failed_images": int(failed),
-            "confirmed_views": int(confirmed),
+            "products": products,
+            "images": images,
+            "failed_images": failed,
+            "confirmed_views": confirmed,
         }
 
-    # -- vectors -------------------------------------------------------------------------
+    # -- vectors ---------------------------------------------------------------------------
 
     def known_hashes(self, hashes: Iterable[str]) -> set[str]:
         rows = self._chunked_in(
@@ -300,13 +295,10 @@ class Ledger:
         return {str(r[0]) for r in rows}
 
     def save_vectors(self, hashes: Sequence[str], vectors: NDArray[np.float32]) -> None:
-        with self.transaction() as db:
+        with self._transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
-                [
-                    (h, np.ascontiguousarray(v, dtype=np.float32).tobytes())
-                    for h, v in zip(hashes, vectors, strict=True)
-                ],
+                [(h, to_blob(v)) for h, v in zip(hashes, vectors, strict=True)],
             )
 
     def vectors_for(self, hashes: Sequence[str], dim: int) -> NDArray[np.float32]:
@@ -317,11 +309,10 @@ class Ledger:
         by_hash = {str(h): bytes(blob) for h, blob in rows}
         matrix = np.zeros((len(hashes), dim), dtype=np.float32)
         for row, h in enumerate(hashes):
-            matrix[row] = np.frombuffer(by_hash[h], dtype=np.float32)
+            matrix[row] = from_blob(by_hash[h])
         return matrix
 
     def vectors_of_images(self, image_ids: Sequence[int], dim: int) -> NDArray[np.float32]:
-        """The stored vectors of these images, in the order given."""
         ids = list(image_ids)
         rows = self._chunked_in(
             "SELECT image_id, content_hash FROM images WHERE image_id IN ({marks})", ids
@@ -332,52 +323,148 @@ class Ledger:
     def vectors_by_product(
         self, product_ids: Iterable[str], dim: int
     ) -> dict[str, NDArray[np.float32]]:
-        """product id -> the (n, dim) vectors of its searchable views, in image id order."""
         rows = self._chunked_in(
             "SELECT i.product_id, v.vector FROM images i JOIN vectors v "
-            "ON v.content_hash = i.content_hash WHERE i.status = 'ok' "
+            f"ON v.content_hash = i.content_hash WHERE {_searchable('i')} "
             "AND i.product_id IN ({marks}) ORDER BY i.image_id",
             list(dict.fromkeys(product_ids)),
         )
         grouped: dict[str, list[NDArray[np.float32]]] = {}
         for product_id, blob in rows:
-            vector = np.frombuffer(blob, dtype=np.float32)
+            vector = from_blob(blob)
             if vector.size == dim:
                 grouped.setdefault(str(product_id), []).append(vector)
         return {pid: np.vstack(vectors) for pid, vectors in grouped.items()}
 
-    def searchable(self) -> Iterator[tuple[list[int], list[str], list[str]]]:
-        """Every searchable image as chunks of (image ids, product ids, content hashes)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT image_id, product_id, content_hash FROM images "
-                "WHERE status = 'ok' ORDER BY image_id"
-            ).fetchall()
-        for start in range(0, len(rows), 4096):
-            chunk = rows[start : start + 4096]
-            yield (
-                [int(r[0]) for r in chunk],
-                [str(r[1]) for r in chunk],
-                [str(r[2]) for r in chunk],
-            )
-
     def prune_vectors(self) -> int:
-        """Forget vectors no image refers to any more."""
-        with self.transaction() as db:
+        with self._transaction() as db:
             cursor = db.execute(
                 "DELETE FROM vectors WHERE content_hash NOT IN "
                 "(SELECT content_hash FROM images WHERE content_hash IS NOT NULL)"
             )
             return int(cursor.rowcount)
 
+    # -- confirmed photos ------------------------------------------------------------------
 
-def metadata_matches(metadata: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
-    """Exact match on every filter key; a list filter value means "any of these"."""
-    for key, wanted in filters.items():
-        value = metadata.get(key)
-        if isinstance(wanted, list):
-            if value not in wanted and str(value) not in [str(w) for w in wanted]:
-                return False
-        elif value != wanted and str(value) != str(wanted):
-            return False
-    return True
+    def confirmed_photos(
+        self, product_id: str | None = None, *, content_hash: str | None = None
+    ) -> list[ConfirmedPhotoRow]:
+        sql = (
+            "SELECT i.image_id, i.product_id, i.ref, i.content_hash, p.verdict, p.created_at, "
+            "p.user, p.query_id FROM images i LEFT JOIN photo_provenance p "
+            "ON p.image_id = i.image_id WHERE i.origin = ?"
+        )
+        params: list[object] = [CONFIRMED]
+        if product_id is not None:
+            sql += " AND i.product_id = ?"
+            params.append(product_id)
+        if content_hash is not None:
+            sql += " AND i.content_hash = ?"
+            params.append(content_hash)
+        return [
+            ConfirmedPhotoRow(
+                image_id=int(image_id),
+                product_id=str(pid),
+                ref=str(ref),
+                content_hash=str(digest or ""),
+                verdict=str(verdict or "correct"),
+                created_at=float(created or 0.0),
+                user=None if user is None else str(user),
+                query_id=None if query_id is None else str(query_id),
+            )
+            for image_id, pid, ref, digest, verdict, created, user, query_id in self._query(
+                sql + " ORDER BY i.image_id", params
+            )
+        ]
+
+    def confirmed_count(self) -> int:
+        rows = self._query("SELECT COUNT(*) FROM images WHERE origin = ?", (CONFIRMED,))
+        return int(rows[0][0])
+
+    def confirmed_queries(self) -> dict[int, NDArray[np.float32]]:
+        rows = self._query(
+            "SELECT image_id, query_vector FROM photo_provenance WHERE query_vector IS NOT NULL"
+        )
+        return {int(image_id): from_blob(blob) for image_id, blob in rows}
+
+    def _photo_path(self, ref: str) -> Path | None:
+        """The file of a confirmed photo's ref (``views/<name>``), or ``None`` when ``ref``
+        is not one (a ref never leads out of that folder)."""
+        if not ref.startswith(PHOTO_PREFIX):
+            return None
+        folder = (self.directory / PHOTO_PREFIX).resolve()
+        path = (self.directory / ref).resolve()
+        return path if path.parent == folder else None
+
+    def save_photo(self, ref: str, data: bytes) -> None:
+        path = self._photo_path(ref)
+        if path is None:
+            raise ValueError(f"not a confirmed photo ref: {ref!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file():
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+
+    def photo_bytes(self, ref: str) -> bytes | None:
+        path = self._photo_path(ref)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    def _delete_unreferenced_photos(self, refs: set[str]) -> None:
+        if not refs:
+            return
+        still = {
+            str(r[0])
+            for r in self._chunked_in(
+                "SELECT DISTINCT ref FROM images WHERE ref IN ({marks})", sorted(refs)
+            )
+        }
+        for ref in refs - still:
+            path = self._photo_path(ref)
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+    # -- negatives --------------------------------------------------------------------------
+
+    def add_negative(
+        self,
+        product_id: str,
+        vector: NDArray[np.float32],
+        *,
+        content_hash: str | None = None,
+        user: str | None = None,
+        query_id: str | None = None,
+    ) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO negatives (product_id, content_hash, vector, created_at, user, "
+                "query_id) VALUES (?, ?, ?, ?, ?, ?)",
+                (product_id, content_hash, to_blob(vector), time.time(), user, query_id),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def negatives(self) -> list[NegativeRow]:
+        rows = self._query(
+            "SELECT negative_id, product_id, vector, content_hash, created_at, user, query_id "
+            "FROM negatives ORDER BY negative_id"
+        )
+        return [
+            NegativeRow(int(nid), str(pid), from_blob(blob), digest, float(at), user, query)
+            for nid, pid, blob, digest, at, user, query in rows
+        ]
+
+    def negative_count(self, product_id: str | None = None) -> int:
+        if product_id is None:
+            rows = self._query("SELECT COUNT(*) FROM negatives")
+        else:
+            rows = self._query("SELECT COUNT(*) FROM negatives WHERE product_id = ?", (product_id,))
+        return int(rows[0][0])
+
+
+Ledger = SqliteState
+"""The name this class had before the state seam (``CollectionState``) existed."""

@@ -5,14 +5,15 @@ the catalog).
 Raw cosines mean different things per model and per catalog, so the mapping is fitted per
 collection, with no labels beyond what the collection holds:
 
-- **Held-out views.** One view of a product is taken out and used as the query against the
-  rest (leave-one-view-out): the product's remaining views should win, which gives positive
-  and negative candidates. The same query with its whole product left out is a query for a
-  product that is not in the catalog (leave-product-out): every candidate is a negative.
-- **Confirmed feedback.** Confirmed shopper photos are such views, and their held-out query
-  is the vector the shopper's search used: the most faithful samples there are. Once a
-  collection has ``MIN_CONFIRMED`` of them, only they are used (catalog images as queries
-  score in another range than photos).
+- **Held-out images.** One searchable image of a product is taken out and used as the query
+  against the rest (leave-one-image-out): the product's remaining images should win, which
+  gives positive and negative candidates. The same query with its whole product left out is
+  a query for a product that is not in the catalog (leave-product-out): every candidate is a
+  negative.
+- **Confirmed feedback.** Confirmed photos are such images, and their held-out query is the
+  vector the shopper's search used: the most faithful samples there are. Once a collection
+  has ``MIN_CONFIRMED`` of them, only they are used (product images as queries score in
+  another range than photos).
 
 A logistic regression on four features of each of a query's top candidates (its score, its
 gap to the top score, its score standardised over the top ``STATS_DEPTH`` scores, and its
@@ -20,27 +21,26 @@ margin over the next candidate) gives the probability. ``match`` needs a probabi
 least ``match_probability``: 0.5, raised until at most ``target_fpr`` of the left-out-product
 queries would be a match; ``ambiguous`` needs ``ambiguous_probability``.
 
-A collection with no product of two views and no confirmed photo cannot be fitted: its hits
-carry no verdict. ``service`` refits after each sync and as confirmed feedback accrues; the
-fit is stored in the ledger's ``meta`` (key ``calibration``).
+A collection with no product of two images and no confirmed photo cannot be fitted: its
+hits carry no verdict. ``collection/refit.py`` says when to refit; the fit is kept in the
+collection's state (``CollectionState.set_calibration``).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from catalens.embedders.base import l2_normalize
-from catalens.ledger.sqlite import Ledger
+from catalens.ledger.state import CONFIRMED, CollectionState
 from catalens.search.query_crops import SearchOptions
 
-META_KEY = "calibration"
 STATS_DEPTH = 10
 """Scores are standardised over a query's top this many products."""
 CANDIDATES = 5
@@ -106,16 +106,12 @@ class Calibration:
             result.append((verdict, round(p, 4)))
         return result
 
-    def dumps(self) -> str:
-        return json.dumps(asdict(self))
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def loads(cls, text: str | None) -> Calibration | None:
-        if not text:
-            return None
-        data = json.loads(text)
-        data["weights"] = tuple(float(w) for w in data["weights"])
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        return cls(**{**data, "weights": tuple(float(w) for w in data["weights"])})
 
 
 class NoCalibration:
@@ -126,7 +122,7 @@ class NoCalibration:
 
 
 def fit(
-    ledger: Ledger,
+    state: CollectionState,
     *,
     dim: int,
     options: SearchOptions,
@@ -139,11 +135,11 @@ def fit(
     centering_queries: int = 0,
     exclude: AbstractSet[str] = frozenset(),
 ) -> Calibration | None:
-    """Fit a calibration from the collection's views (see the module docstring); ``None``
-    when there is not enough to fit one. ``view_queries``: confirmed view id -> the query
-    vector its photo was searched with; ``exclude``: products fitted as if not in the
+    """Fit a calibration from the collection's images (see the module docstring); ``None``
+    when there is not enough to fit one. ``view_queries``: confirmed photo image id -> the
+    query vector its photo was searched with; ``exclude``: products fitted as if not in the
     catalog (an evaluation that leaves them out)."""
-    ids, codes, vectors, confirmed = _load(ledger, dim, exclude)
+    ids, codes, vectors, confirmed = _load(state, dim, exclude)
     if ids.size == 0 or ids.size > MAX_IMAGES:
         return None
     centred = vectors if mean is None else l2_normalize(vectors - mean)
@@ -215,22 +211,21 @@ def fit(
 
 
 def _load(
-    ledger: Ledger, dim: int, exclude: AbstractSet[str] = frozenset()
+    state: CollectionState, dim: int, exclude: AbstractSet[str] = frozenset()
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32], NDArray[np.bool_]]:
-    """Every searchable view, grouped by product: (image ids, product codes, vectors,
+    """Every searchable image, grouped by product: (image ids, product codes, vectors,
     whether each is a confirmed photo)."""
-    rows = ledger.query(
-        "SELECT image_id, product_id, content_hash, origin FROM images WHERE status = 'ok' "
-        "AND content_hash IS NOT NULL ORDER BY product_id, image_id"
+    rows = sorted(
+        (image for image in state.searchable_images() if image.product_id not in exclude),
+        key=lambda image: (image.product_id, image.image_id),
     )
-    rows = [row for row in rows if str(row[1]) not in exclude]
     if not rows or len(rows) > MAX_IMAGES:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros((0, dim), np.float32), np.zeros(0, bool)
-    ids = np.array([int(r[0]) for r in rows], dtype=np.int64)
-    _, codes = np.unique([str(r[1]) for r in rows], return_inverse=True)
-    vectors = ledger.vectors_for([str(r[2]) for r in rows], dim)
-    confirmed = np.array([r[3] == "confirmed" for r in rows], dtype=bool)
+    ids = np.array([r.image_id for r in rows], dtype=np.int64)
+    _, codes = np.unique([r.product_id for r in rows], return_inverse=True)
+    vectors = state.vectors_for([r.content_hash for r in rows], dim)
+    confirmed = np.array([r.origin == CONFIRMED for r in rows], dtype=bool)
     return ids, codes.astype(np.int64), vectors, confirmed
 
 

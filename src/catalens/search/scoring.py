@@ -1,20 +1,20 @@
-"""From image matches to product scores: a product's views aggregated, hard negatives applied.
+"""From image matches to product scores: a product's images aggregated, hard negatives applied.
 
 ``Collection.search`` gets image-level matches from the vector store (re-scored by domain
 centering when it is on) and hands them here:
 
-- **Aggregation** (``SearchOptions.aggregation``). ``max`` scores a product by its best view.
+- **Aggregation** (``SearchOptions.aggregation``). ``max`` scores a product by its best image.
   ``blend`` mixes that with the cosine between the query and the centroid of all the
-  product's views: ``w * best + (1 - w) * cos(q, centroid)``. A product with one view scores
-  the same either way; one with several catalog images or confirmed shopper photos is
-  judged by all of them, so one lucky view of the wrong product counts for less.
-- **Hard negatives** (``wrong`` feedback, see ``views.py``). A product is penalised by how
-  similar the query is to the queries it was wrongly matched to: nothing below
-  ``negative_similarity``, up to ``negative_penalty`` for the same photo again.
+  product's searchable images: ``w * best + (1 - w) * cos(q, centroid)``. A product with one
+  image scores the same either way; one with several product images or confirmed photos is
+  judged by all of them, so one lucky image of the wrong product counts for less.
+- **Hard negatives** (``wrong`` feedback, see ``feedback/confirmed_photos.py``). A product is
+  penalised by how similar the query is to the queries it was wrongly matched to: nothing
+  below ``negative_similarity``, up to ``negative_penalty`` for the same photo again.
 
-Both need the vectors of a product's other views and its negatives; ``ViewCache`` keeps
-which products have several views and every negative in memory, reloaded when the ledger
-changed.
+Both need the vectors of a product's other images and its negatives; ``ProductVectors``
+keeps which products have several images and every negative in memory, reloaded when the
+collection's state changed.
 """
 
 from __future__ import annotations
@@ -26,29 +26,29 @@ import numpy as np
 from numpy.typing import NDArray
 
 from catalens.embedders.base import l2_normalize
-from catalens.ledger.sqlite import Ledger
+from catalens.ledger.state import CollectionState
 from catalens.search.query_crops import SearchOptions
 from catalens.types import ImageMatch
 
 ProductScores = dict[str, tuple[float, int]]
-"""product id -> (score, the image id of its best view)."""
+"""product id -> (score, the image id of its best match)."""
 
 
 MEMORY_CAP = 32 * 1024 * 1024
 """A collection whose vectors fit in this many bytes (16k images of d=512) keeps a copy in
-memory for the re-scoring; a larger one reads the few it needs from the ledger per search.
-The copy is reloaded whole after every ledger change (a sync, a confirmed photo), which
-must stay cheap; FAISS stores hand back their own in-memory vectors anyway
+memory for the re-scoring; a larger one reads the few it needs from its state per search.
+The copy is reloaded whole after every change (a sync, a confirmed photo), which must stay
+cheap; FAISS stores hand back their own in-memory vectors anyway
 (``stores.base.HoldsVectors``)."""
 
 
-class ViewCache:
-    """Per-collection facts the scoring needs, reloaded when the ledger changed: which
-    products have several views, every hard negative, and (within ``MEMORY_CAP``) every
-    searchable vector."""
+class ProductVectors:
+    """Per-collection facts the scoring needs, reloaded when the state changed: which
+    products have several searchable images, every hard negative, and (within
+    ``MEMORY_CAP``) every searchable vector."""
 
-    def __init__(self, ledger: Ledger, dim: int, *, memory_cap: int = MEMORY_CAP) -> None:
-        self._ledger = ledger
+    def __init__(self, state: CollectionState, dim: int, *, memory_cap: int = MEMORY_CAP) -> None:
+        self._state = state
         self._dim = dim
         self._memory_cap = memory_cap
         self._lock = threading.Lock()
@@ -59,46 +59,32 @@ class ViewCache:
         self._by_product: dict[str, list[int]] = {}
         self._matrix: NDArray[np.float32] = np.zeros((0, dim), dtype=np.float32)
 
-    def _version(self) -> tuple[int, ...]:
-        (row,) = self._ledger.query(
-            "SELECT (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), "
-            "(SELECT COALESCE(MAX(negative_id), 0) FROM negatives), "
-            "(SELECT COUNT(*) FROM negatives)"
-        )
-        return tuple(int(v or 0) for v in row)
-
     def _refresh(self) -> None:
-        version = self._version()
+        version = self._state.change_marker()
         with self._lock:
             if version == self._key:
                 return
-            images = self._ledger.query(
-                "SELECT image_id, product_id, content_hash FROM images WHERE status = 'ok' "
-                "AND content_hash IS NOT NULL ORDER BY image_id"
-            )
+            images = self._state.searchable_images()
             counts: dict[str, int] = {}
-            for _, product_id, _ in images:
-                counts[str(product_id)] = counts.get(str(product_id), 0) + 1
+            for image in images:
+                counts[image.product_id] = counts.get(image.product_id, 0) + 1
             self._multi = frozenset(pid for pid, n in counts.items() if n > 1)
             negatives: dict[str, list[NDArray[np.float32]]] = {}
-            for product_id, blob in self._ledger.query(
-                "SELECT product_id, vector FROM negatives ORDER BY negative_id"
-            ):
-                vector = np.frombuffer(blob, dtype=np.float32)
-                if vector.size == self._dim:
-                    negatives.setdefault(str(product_id), []).append(vector)
+            for negative in self._state.negatives():
+                if negative.vector.size == self._dim:
+                    negatives.setdefault(negative.product_id, []).append(negative.vector)
             self._negatives = {pid: np.vstack(vs) for pid, vs in negatives.items()}
             self._rows = None
             self._by_product = {}
             if len(images) * self._dim * 4 <= self._memory_cap:
-                self._matrix = self._ledger.vectors_for([str(r[2]) for r in images], self._dim)
-                self._rows = {int(r[0]): row for row, r in enumerate(images)}
-                for row, (_, product_id, _) in enumerate(images):
-                    self._by_product.setdefault(str(product_id), []).append(row)
+                self._matrix = self._state.vectors_for([i.content_hash for i in images], self._dim)
+                self._rows = {image.image_id: row for row, image in enumerate(images)}
+                for row, image in enumerate(images):
+                    self._by_product.setdefault(image.product_id, []).append(row)
             self._key = version
 
-    def multi_view(self) -> frozenset[str]:
-        """Products with more than one searchable view."""
+    def multi_image(self) -> frozenset[str]:
+        """Products with more than one searchable image."""
         self._refresh()
         return self._multi
 
@@ -107,11 +93,11 @@ class ViewCache:
         self._refresh()
         return self._negatives
 
-    def views_of(self, product_ids: Iterable[str]) -> dict[str, NDArray[np.float32]]:
-        """product id -> the (n, d) vectors of its searchable views."""
+    def of_products(self, product_ids: Iterable[str]) -> dict[str, NDArray[np.float32]]:
+        """product id -> the (n, d) vectors of its searchable images."""
         self._refresh()
         if self._rows is None:
-            return self._ledger.vectors_by_product(product_ids, self._dim)
+            return self._state.vectors_by_product(product_ids, self._dim)
         return {
             pid: self._matrix[self._by_product[pid]]
             for pid in product_ids
@@ -123,11 +109,11 @@ class ViewCache:
         self._refresh()
         rows = self._rows
         if rows is None or any(i not in rows for i in image_ids):
-            return self._ledger.vectors_of_images(image_ids, self._dim)
+            return self._state.vectors_of_images(image_ids, self._dim)
         return self._matrix[[rows[i] for i in image_ids]]
 
 
-def best_views(matches: Iterable[ImageMatch]) -> ProductScores:
+def best_matches(matches: Iterable[ImageMatch]) -> ProductScores:
     """Each product's best match (``matches`` are sorted best first)."""
     best: ProductScores = {}
     for match in matches:
@@ -141,19 +127,19 @@ def score_products(
     matches: list[ImageMatch],
     *,
     options: SearchOptions,
-    views: ViewCache,
+    product_vectors: ProductVectors,
     mean: NDArray[np.float32] | None = None,
     cosine: bool = True,
 ) -> ProductScores:
     """Product scores from image matches (sorted best first), in the space the matches were
     scored in: centred on ``mean`` when it is given."""
-    best = best_views(matches)
+    best = best_matches(matches)
     if not cosine or not best:
         return best  # aggregation and penalties are defined on cosines
     q = query if mean is None else l2_normalize((query - mean).reshape(1, -1))[0]
     if options.aggregation == "blend" and options.blend_weight < 1.0:
-        multi = views.multi_view()
-        grouped = views.views_of([pid for pid in best if pid in multi])
+        multi = product_vectors.multi_image()
+        grouped = product_vectors.of_products([pid for pid in best if pid in multi])
         if grouped:
             pids = list(grouped)
             stacked = np.vstack([grouped[pid] for pid in pids])
@@ -165,7 +151,7 @@ def score_products(
                 score, image_id = best[pid]
                 best[pid] = (weight * score + (1.0 - weight) * float(cosine), image_id)
     if options.negative_penalty > 0:
-        negatives = views.negatives()
+        negatives = product_vectors.negatives()
         for pid in [p for p in best if p in negatives]:
             penalty = negative_penalty(q, negatives[pid], options, mean)
             if penalty:

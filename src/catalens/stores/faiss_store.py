@@ -36,6 +36,7 @@ from catalens.stores.faiss_index import (
     create_engine,
     load_engine,
 )
+from catalens.stores.inputs import UpsertBatch, as_ids, as_matrix
 from catalens.types import ImageMatch
 
 __all__ = ["FaissOptions", "FaissStore"]
@@ -224,23 +225,13 @@ class FaissStore:
         vectors: NDArray[np.float32],
     ) -> None:
         """Add vectors; an image id already present is replaced (the last one wins)."""
-        ids = _as_ids(image_ids)
-        matrix = self._as_matrix(vectors, "vectors")
-        if not len(ids) == len(product_ids) == len(matrix):
-            raise ValueError(
-                f"{len(ids)} image ids, {len(product_ids)} product ids, {len(matrix)} vectors"
-            )
-        if len(ids) == 0:
+        batch = UpsertBatch.of(image_ids, product_ids, vectors, self._dim)
+        if len(batch) == 0:
             return
-        # Within a batch the last occurrence of an id wins, as if upserted one by one.
-        _, last = np.unique(ids[::-1], return_index=True)
-        keep = np.sort(len(ids) - 1 - last)
-        ids, matrix = ids[keep], matrix[keep]
-        products = [str(product_ids[i]) for i in keep.tolist()]
         with self._lock:
-            replaced = self._rows.remove(ids)
-            self._rows.append(ids, products, matrix)
-            self._engine.update(replaced, ids, matrix, self._rows.live())
+            replaced = self._rows.remove(batch.ids)
+            self._rows.append(batch.ids, batch.products, batch.vectors)
+            self._engine.update(replaced, batch.ids, batch.vectors, self._rows.live())
             self._version += 1
 
     def close(self) -> None:
@@ -258,7 +249,7 @@ class FaissStore:
 
     def delete(self, image_ids: Sequence[int]) -> None:
         """Remove vectors by image id; unknown ids are ignored."""
-        ids = np.unique(_as_ids(image_ids))
+        ids = np.unique(as_ids(image_ids))
         with self._lock:
             removed = self._rows.remove(ids)
             if len(removed):
@@ -268,7 +259,7 @@ class FaissStore:
 
     def search(self, queries: NDArray[np.float32], k: int) -> list[list[ImageMatch]]:
         """For each query row, up to ``k`` images, best first."""
-        matrix = self._as_matrix(queries, "queries")
+        matrix = as_matrix(queries, self._dim, "queries")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         with self._lock:
@@ -326,23 +317,6 @@ class FaissStore:
             **self._engine.payloads(),
         }
         return header, payloads
-
-    def _as_matrix(self, array: NDArray[np.float32], what: str) -> Vectors:
-        matrix = np.asarray(array)
-        if matrix.ndim != 2 or matrix.shape[1] != self._dim:
-            raise StoreError(f"{what} have shape {matrix.shape}, this store holds {self._dim}-d")
-        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-        if not np.isfinite(matrix).all():
-            raise StoreError(f"{what} contain NaN or infinite values")
-        return matrix
-
-
-def _as_ids(image_ids: Sequence[int]) -> Ids:
-    ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
-    # FAISS pads missing results with -1, so negative ids could never be told apart.
-    if len(ids) and ids.min() < 0:
-        raise ValueError("image ids must be non-negative")
-    return ids
 
 
 def _decode_rows(files: dict[str, bytes], dim: int, count: int) -> _Rows:

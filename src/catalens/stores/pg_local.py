@@ -13,7 +13,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from catalens.errors import StoreError
+from catalens.errors import MissingExtraError, StoreError, missing_extra
 
 DATABASE = "catalens"
 
@@ -29,9 +29,7 @@ def _pgserver() -> Any:
         try:
             import pgserver
         except ImportError as exc:
-            raise StoreError(
-                f"postgres-local needs the pg extra: pip install 'catalens[pg]' ({exc})"
-            ) from exc
+            raise missing_extra("pg", "postgres-local", exc.name) from exc
     return pgserver
 
 
@@ -48,9 +46,7 @@ def local_dsn(directory: Path, *, database: str = DATABASE) -> str:
         import psycopg
         from psycopg import sql
     except ImportError as exc:
-        raise StoreError(
-            f"postgres-local needs the pg extra: pip install 'catalens[pg]' ({exc})"
-        ) from exc
+        raise missing_extra("pg", "postgres-local", exc.name) from exc
 
     path = directory.expanduser().resolve()
     with _lock:
@@ -74,7 +70,7 @@ def local_dsn(directory: Path, *, database: str = DATABASE) -> str:
                         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        except StoreError:
+        except (StoreError, MissingExtraError):
             raise
         except Exception as exc:  # OSError, psycopg errors, pg_ctl/initdb subprocess errors
             raise StoreError(f"cannot start the embedded PostgreSQL in {path}: {exc}") from exc

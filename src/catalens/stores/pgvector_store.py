@@ -22,12 +22,12 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from catalens.errors import ConfigError, ModelMismatchError, StoreError
+from catalens.errors import ConfigError, StoreError, missing_extra
 from catalens.settings import Metric
 from catalens.types import ImageMatch, ModelIdentity, Product
 
@@ -38,31 +38,24 @@ try:
     from psycopg.types.json import Jsonb
     from psycopg_pool import ConnectionPool
 except ImportError as _exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        f"the pgvector store needs the pg extra: pip install 'catalens[pg]' ({_exc})"
-    ) from _exc
+    raise missing_extra("pg", "the pgvector store", _exc.name) from _exc
 
+from catalens.stores.inputs import UpsertBatch, as_ids, as_matrix
+from catalens.stores.pg_open import IndexSpec, PgIndex, open_schema
 from catalens.stores.pg_schema import (
     IMAGES,
     NEXT_IMAGES,
     Conn,
     Names,
     begin_swap,
-    create_hnsw_index,
-    ensure_vector_extension,
     finish_swap,
-    migrate,
-    read_meta,
     read_meta_value,
     safe_dsn,
     write_meta,
 )
-from catalens.stores.pg_search import MAX_EF_SEARCH, OPS, FilterPlan, Searcher
+from catalens.stores.pg_search import MAX_EF_SEARCH, FilterPlan, Searcher
 
 __all__ = ["FilterPlan", "PgVectorStore"]
-
-PgIndex = Literal["flat", "hnsw"]
-MAX_HNSW_DIM = 2000
 
 
 @dataclass
@@ -109,14 +102,8 @@ class PgVectorStore:
         build_memory: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        if dim < 1:
-            raise ConfigError(f"vector dim must be positive, got {dim}")
-        if index not in ("flat", "hnsw"):
-            raise ConfigError(f"the pgvector store has index 'flat' or 'hnsw', not {index!r}")
-        if metric not in OPS:
-            raise ConfigError(f"unknown metric {metric!r}: use cosine or l2")
-        if index == "hnsw" and dim > MAX_HNSW_DIM:
-            raise ConfigError(f"pgvector's HNSW index takes at most {MAX_HNSW_DIM} dims")
+        spec = IndexSpec(index, metric, m, ef_construction, build_memory)
+        spec.check(dim)
         if pool < 1 or m < 2 or ef_construction < 2 * m or not 1 <= ef_search <= MAX_EF_SEARCH:
             raise ConfigError(
                 f"bad pgvector options: pool={pool}, m={m}, ef_construction={ef_construction}"
@@ -125,18 +112,22 @@ class PgVectorStore:
         self._dsn = dsn
         self._collection = collection
         self._dim = dim
-        self._index = index
-        self._metric = metric
-        self._m = m
-        self._ef_construction = ef_construction
+        self._spec = spec
         self._ef_search = ef_search
-        self._build_memory = build_memory
         self._names = Names.for_collection(collection, key)
         self._exact = index == "flat"
         self._searcher = Searcher(self._names, metric, ef_search, m)
         self._lock = threading.RLock()
         self._write: _Write | None = None
-        self._bootstrap(model, connect_timeout)
+        open_schema(
+            dsn,
+            self._names,
+            collection=collection,
+            dim=dim,
+            spec=spec,
+            model=model,
+            timeout=connect_timeout,
+        )
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             dsn,
             min_size=1,
@@ -158,79 +149,7 @@ class PgVectorStore:
 
     @property
     def index_spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {"type": self._index, "metric": self._metric}
-        if self._index == "hnsw":
-            spec.update(m=self._m, ef_construction=self._ef_construction)
-        return spec
-
-    def _bootstrap(self, model: ModelIdentity | None, timeout: float) -> None:
-        where = safe_dsn(self._dsn)
-        try:
-            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=max(1, int(timeout)))
-        except psycopg.Error as exc:
-            raise StoreError(f"{where}: cannot connect: {exc}") from exc
-        try:
-            with conn:
-                ensure_vector_extension(conn)
-                migrate(conn, self._names, self._dim)
-                with conn.transaction():
-                    conn.execute(
-                        "SELECT pg_advisory_xact_lock(%s)", (self._names.lock_key("migrate"),)
-                    )
-                    self._check_meta(conn, model)
-        except psycopg.Error as exc:
-            raise StoreError(
-                f"{where}: cannot open collection {self._collection!r}: {exc}"
-            ) from exc
-
-    def _check_meta(self, conn: Conn, model: ModelIdentity | None) -> None:
-        meta = read_meta(conn, self._names)
-        where = f"collection {self._collection!r} (schema {self._names.schema})"
-        if "dim" not in meta:
-            values: dict[str, Any] = {
-                "dim": self._dim,
-                "index": self.index_spec,
-                "generation": None,
-                "count": 0,
-            }
-            if model is not None:
-                values["model"] = model.to_dict()
-            write_meta(conn, self._names, values)
-            if self._index == "hnsw":
-                self._create_index(conn, IMAGES)
-            return
-        if meta["dim"] != self._dim:
-            raise StoreError(f"{where} holds {meta['dim']}-d vectors, opened with dim={self._dim}")
-        saved = meta.get("index") or {}
-        if saved != self.index_spec:
-            raise StoreError(
-                f"{where} was built with index {saved}, opened with {self.index_spec};"
-                " rebuild the collection to change them"
-            )
-        if model is None:
-            return
-        stored = meta.get("model")
-        if stored is None:
-            write_meta(conn, self._names, {"model": model.to_dict()})
-            return
-        theirs = ModelIdentity.from_dict(stored)
-        if theirs.key() != model.key():
-            raise ModelMismatchError(
-                f"{where} holds vectors of {theirs.name} (revision {theirs.revision}, dim "
-                f"{theirs.dim}); opened for {model.name} (revision {model.revision}, dim "
-                f"{model.dim}). Use the collection's own model or another collection."
-            )
-
-    def _create_index(self, conn: Conn, table: str) -> None:
-        create_hnsw_index(
-            conn,
-            self._names,
-            table,
-            opclass=OPS[self._metric][1],
-            m=self._m,
-            ef_construction=self._ef_construction,
-            build_memory=self._build_memory,
-        )
+        return self._spec.to_dict()
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -264,21 +183,13 @@ class PgVectorStore:
         vectors: NDArray[np.float32],
     ) -> None:
         """Add vectors; an image id already present is replaced (the last one wins)."""
-        ids = _as_ids(image_ids)
-        matrix = self._as_matrix(vectors, "vectors")
-        if not len(ids) == len(product_ids) == len(matrix):
-            raise ValueError(
-                f"{len(ids)} image ids, {len(product_ids)} product ids, {len(matrix)} vectors"
-            )
-        if len(ids) == 0:
+        batch = UpsertBatch.of(image_ids, product_ids, vectors, self._dim)
+        if len(batch) == 0:
             return
-        _, last = np.unique(ids[::-1], return_index=True)
-        keep = np.sort(len(ids) - 1 - last)
-        products = [str(product_ids[i]) for i in keep.tolist()]
-        rows = zip(ids[keep].tolist(), products, matrix[keep], strict=True)
+        rows = zip(batch.ids.tolist(), batch.products, batch.vectors, strict=True)
         with self._writing() as write:
             conn = write.conn
-            if self._index == "hnsw" and write.target == IMAGES and not write.changed:
+            if self._spec.hnsw and write.target == IMAGES and not write.changed:
                 empty = conn.execute(
                     sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(
                         self._names.table(IMAGES)
@@ -313,7 +224,7 @@ class PgVectorStore:
 
     def delete(self, image_ids: Sequence[int]) -> None:
         """Remove vectors by image id; unknown ids are ignored."""
-        ids = sorted(set(_as_ids(image_ids).tolist()))
+        ids = sorted(set(as_ids(image_ids).tolist()))
         if not ids:
             return
         with self._writing() as write:
@@ -329,7 +240,7 @@ class PgVectorStore:
         """Remove every vector (products stay); a following load is a bulk load."""
         with self._writing() as write:
             write.changed = True
-            if self._index == "hnsw":
+            if self._spec.hnsw:
                 if write.target != NEXT_IMAGES:
                     write.target = begin_swap(write.conn, self._names)
                 write.conn.execute(sql.SQL("TRUNCATE {}").format(self._names.table(NEXT_IMAGES)))
@@ -348,8 +259,8 @@ class PgVectorStore:
             try:
                 conn = write.conn
                 if write.target == NEXT_IMAGES:
-                    if self._index == "hnsw":
-                        self._create_index(conn, NEXT_IMAGES)
+                    if self._spec.hnsw:
+                        self._spec.create(conn, self._names, NEXT_IMAGES)
                     finish_swap(conn, self._names)
                 count = conn.execute(
                     sql.SQL("SELECT count(*) FROM {}").format(self._names.table(IMAGES))
@@ -381,7 +292,7 @@ class PgVectorStore:
         ``pg_search.filter_sql``) and still returns ``k`` when that many match. ``exact``
         forces (or, for ``hnsw``, forbids) an exact scan; by default ``flat`` is exact.
         """
-        matrix = self._as_matrix(queries, "queries")
+        matrix = as_matrix(queries, self._dim, "queries")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         exact = self._exact if exact is None else exact
@@ -519,22 +430,6 @@ class PgVectorStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _as_matrix(self, array: NDArray[np.float32], what: str) -> NDArray[np.float32]:
-        matrix = np.asarray(array)
-        if matrix.ndim != 2 or matrix.shape[1] != self._dim:
-            raise StoreError(f"{what} have shape {matrix.shape}, this store holds {self._dim}-d")
-        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-        if not np.isfinite(matrix).all():
-            raise StoreError(f"{what} contain NaN or infinite values")
-        return matrix
-
-
-def _as_ids(image_ids: Sequence[int]) -> NDArray[np.int64]:
-    ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
-    if len(ids) and ids.min() < 0:
-        raise ValueError("image ids must be non-negative")
-    return ids
 
 
 def _dumps(value: Any) -> str:

@@ -1,0 +1,76 @@
+"""A collection's config: its name, model identity, index and search settings, and source.
+
+Saved as a JSON-able mapping through the collection's state (``CollectionState.set_config``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from catalens.errors import ConfigError
+from catalens.search.query_crops import SearchOptions
+from catalens.types import ModelIdentity
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name) or name == "all":
+        raise ConfigError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '.', '-' "
+            "(and not 'all', which means every collection)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where a collection's catalog comes from, so ``sync`` can read it again."""
+
+    location: str
+    format: str | None = None
+    mapping: Mapping[str, Any] | None = None
+    where: Mapping[str, str] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    untrusted: bool = False
+    """Named over the HTTP API: every read of it (and of the images it names) follows the
+    rules of an untrusted upsert (``service/upsert_refs.py``), on every later sync too."""
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    name: str
+    model_spec: str
+    """What was passed to ``--model``: reloads the same embedder."""
+    model: ModelIdentity
+    store: str = "faiss"
+    index: str = "flat"
+    metric: str = "cosine"
+    source: SourceConfig | None = None
+    search: SearchOptions = field(default_factory=SearchOptions)
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        data["search"] = self.search.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CollectionConfig:
+        source = data.get("source")
+        return cls(
+            name=str(data["name"]),
+            model_spec=str(data["model_spec"]),
+            model=ModelIdentity.from_dict(data["model"]),
+            store=str(data.get("store", "faiss")),
+            index=str(data.get("index", "flat")),
+            metric=str(data.get("metric", "cosine")),
+            source=SourceConfig(**source) if source else None,
+            search=SearchOptions.from_dict(data.get("search")),
+            created_at=float(data.get("created_at", 0.0)),
+        )
