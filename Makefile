@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.catalens-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck format docs clean
+.PHONY: install demo test fuzz lint typecheck format docs clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ typecheck: install
 
 test: install lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# `make test` fuzzes every API operation briefly (tests/fuzz); this explores further.
+FUZZ_EXAMPLES ?= 200
+fuzz: install
+	CATALENS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider --timeout=3600 tests/fuzz
 
 format: install
 	$(PY) -m ruff format src tests bench

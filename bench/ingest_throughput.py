@@ -48,7 +48,7 @@ from _common import (
     vit_b32,
     write_results,
 )
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.embedders import l2_normalize
 from catalens.service.service import build_service
 from catalens.settings import Settings

@@ -46,9 +46,9 @@ from _common import (
     vit_b32,
     write_results,
 )
-from catalens.collection.collection import ChangeSet, ImageChange
 from catalens.embedders import Preprocessing
 from catalens.embedders.onnx_export import sample_images
+from catalens.ledger.state import ChangeSet, ImageChange
 from catalens.search.query_crops import zoom_views
 from catalens.service.service import build_service
 from catalens.settings import Settings

@@ -7,7 +7,9 @@ CLI/API layers prints or exits.
     CatalensError
     ├── ConfigError                 bad settings or arguments (unknown model, store URL, ...)
     │   ├── AlreadyExistsError      a collection of that name exists already
-    │   └── MissingExtraError       an optional extra is not installed (``missing_extra``)
+    │   ├── NoSourceError           a sync of a collection that has no catalog source
+    │   ├── MissingExtraError       an optional extra is not installed (``missing_extra``)
+    │   └── TooManyRemovalsError    an ingest would remove more of the catalog than allowed
     ├── ImageError                  one image could not be used; names the file and why
     │   ├── ImageDecodeError        empty, truncated, corrupt, or not an image at all
     │   └── ImageTooLargeError      over the byte or pixel limit (decompression bomb)
@@ -37,6 +39,17 @@ class ConfigError(CatalensError):
 
 class AlreadyExistsError(ConfigError):
     """A collection of that name exists already."""
+
+
+class TooManyRemovalsError(ConfigError):
+    """An ingest or sync that would remove more than ``max_removed_share`` of a collection's
+    products (a wrong column mapping, an upstream that suddenly lists nothing); nothing was
+    changed. ``force_removals`` (CLI ``--force-removals``) accepts it."""
+
+    def __init__(self, message: str, *, removed: int, known: int) -> None:
+        super().__init__(message)
+        self.removed = removed
+        self.known = known
 
 
 class ImageError(CatalensError):
@@ -104,6 +117,10 @@ class ProductNotFoundError(CatalensError):
 
 class QueryNotFoundError(CatalensError):
     """No kept query of that id: never issued, or past the retention time or count."""
+
+
+class NoSourceError(ConfigError):
+    """A sync of a collection that has no catalog source (its products came by upsert)."""
 
 
 class MissingExtraError(ConfigError):

@@ -10,9 +10,10 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,6 +40,51 @@ def config_file() -> Path | None:
     home = Path(os.environ.get("CATALENS_HOME") or default_home())
     candidate = home / "catalens.toml"
     return candidate if candidate.is_file() else None
+
+
+class SourceCredential(BaseModel):
+    """A secret a catalog source may send, declared by the operator (``source_credentials``).
+
+    A source names it (``"options": {"credential": "shop"}``) and never sees it: the token
+    is read here, from ``value`` or the environment variable ``env``, only when a sync sends
+    it in ``header`` (after ``scheme``: ``Bearer`` for ``Authorization``, none otherwise).
+    ``urls``: the URL prefixes it may be sent to; a source named over the HTTP API may use
+    it only for a location under one of them (none: only the CLI and library may use it).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    header: str = Field(default="Authorization", min_length=1)
+    scheme: str | None = None
+    env: str | None = None
+    value: SecretStr | None = None
+    urls: tuple[str, ...] = ()
+
+    def header_value(self) -> str | None:
+        """The header's value, or ``None`` when its token is not set."""
+        if self.value is not None:
+            token = self.value.get_secret_value()
+        else:
+            token = os.environ.get(self.env, "") if self.env else ""
+        if not token:
+            return None
+        default = "Bearer" if self.header.lower() == "authorization" else ""
+        scheme = (self.scheme if self.scheme is not None else default).strip()
+        return f"{scheme} {token}" if scheme else token
+
+    def allows(self, url: str) -> bool:
+        """Whether a source named over the HTTP API may send it to ``url``: same scheme,
+        host and port as one of ``urls``, and a path under that one's."""
+        target = urlsplit(url)
+        for prefix in self.urls:
+            allowed = urlsplit(prefix)
+            same_origin = (target.scheme.lower(), target.netloc.lower()) == (
+                allowed.scheme.lower(),
+                allowed.netloc.lower(),
+            )
+            if same_origin and target.path.startswith(allowed.path):
+                return True
+        return False
 
 
 class Settings(BaseSettings):
@@ -86,18 +132,18 @@ class Settings(BaseSettings):
     top_k: int = Field(default=10, ge=1)
     threshold: float | None = None
     query_zooms: tuple[float, ...] = (1.0, 1.25, 1.5625)
-    """Centre zooms averaged for photo queries in new collections (see quality.py)."""
+    """Centre zooms averaged for photo queries in new collections (see search/query_crops.py)."""
     centering: bool = True
     """Domain centering (running mean of queries) for new collections."""
     query_flip: bool = False
     """Also average the mirrored query's zoom views, for new collections."""
     aggregation: Literal["max", "blend"] = "blend"
-    """How a product's views are scored in new collections (see quality.SearchOptions):
-    its best view, or a blend of that with the centroid of its views."""
+    """How a product's images are scored in new collections (see search/scoring.py): its
+    best image, or a blend of that with the centroid of its images."""
     blend_weight: float = Field(default=0.5, ge=0.0, le=1.0)
-    """With ``blend``: the weight of the best view (the centroid gets the rest)."""
+    """With ``blend``: the weight of the best image (the centroid gets the rest)."""
 
-    # Feedback (see views.py and querylog.py)
+    # Feedback (see feedback/confirmed_photos.py and ledger/query_log.py)
     query_retention_seconds: float = Field(default=3600.0, ge=0)
     """How long a searched photo (and its vectors) is kept so feedback can refer to it by
     ``query_id``."""
@@ -115,7 +161,10 @@ class Settings(BaseSettings):
     api_keys: tuple[str, ...] = ()
     """When set, write and admin routes need ``X-API-Key`` with one of these."""
     search_requires_key: bool = False
-    cors_origins: tuple[str, ...] = ("*",)
+    cors_origins: tuple[str, ...] = ()
+    """Other origins whose web pages may call the API from a browser (a JSON list, e.g.
+    ``["https://shop.example"]``; ``["*"]``: any page). Empty: only the service's own pages.
+    Without API keys, a write request from any other origin is refused (403)."""
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     url_allowlist: tuple[str, ...] = ()
     """Hosts (or host:port) that search-by-URL may fetch even though they are internal."""
@@ -129,8 +178,18 @@ class Settings(BaseSettings):
     # Live sync with a shop backend
     refresh_seconds: float = Field(default=0.0, ge=0)
     """Sync every collection with a source this often (0: only on demand or webhook)."""
+    job_stale_seconds: float = Field(default=30.0, gt=2.0)
+    """A running sync whose process gave no sign of life for this long reads as failed
+    (its process writes it every 2 s; see api/jobs.py)."""
     rest_url: str | None = None
     """Seed 000's NESTJS_SERVER: the backend whose products feed the default collection."""
+    source_credentials: dict[str, SourceCredential] = Field(default_factory=dict)
+    """Named secrets catalog sources may send (a JSON object in the environment, e.g.
+    ``{"shop": {"header": "X-Shop-Token", "env": "SHOP_TOKEN", "urls": ["https://shop/"]}}``):
+    a source names one (``options.credential``) and never holds or shows the secret."""
+    max_removed_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    """An ingest or sync that would remove more than this share of a collection's products
+    stops and changes nothing, unless forced (``--force-removals``, ``force_removals``)."""
 
     @classmethod
     def settings_customise_sources(

@@ -110,7 +110,7 @@ class Hit:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     collection: str = ""
     verdict: str | None = None
-    """``match``, ``ambiguous`` or ``no_match`` (see ``calibration.py``); ``None`` when the
+    """``match``, ``ambiguous`` or ``no_match`` (see ``search/calibration.py``); ``None`` when the
     collection has no calibration (too few products to fit one)."""
     probability: float | None = None
     """The calibrated probability that this product is the one in the query."""

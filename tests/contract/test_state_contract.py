@@ -3,17 +3,21 @@
 An implementation joins by adding a ``StateKind`` to ``STATE_KINDS``. ``open`` must reopen
 the same state when called again with the same folder (an implementation on a server can
 derive its key from it), so the suite also checks that what was written survives a reopen.
+The PostgreSQL kind runs on the session's real server (``pg_dsn``), one database per module.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from catalens.errors import CollectionNotFoundError
 from catalens.ledger.sqlite import SqliteState
 from catalens.ledger.state import (
     CATALOG,
@@ -33,9 +37,37 @@ DIM = 4
 class StateKind:
     name: str
     open: Callable[[Path], CollectionState]
+    postgres: bool = False
 
 
-STATE_KINDS = [StateKind("sqlite", SqliteState)]
+_PG: dict[str, Any] = {"database": None}
+"""The module's ``PgDatabase`` (put here by ``opener`` for the postgres kind)."""
+
+
+def _postgres(directory: Path) -> CollectionState:
+    """The state of the collection named after ``directory``: made on first open."""
+    database = _PG["database"]
+    assert database is not None, "the postgres kind needs the pg_database fixture"
+    name = "contract-" + hashlib.sha1(str(directory).encode()).hexdigest()[:12]
+    try:
+        state: CollectionState = database.open(name)
+    except CollectionNotFoundError:
+        state = database.create(name)
+    return state
+
+
+STATE_KINDS = [StateKind("sqlite", SqliteState), StateKind("postgres", _postgres, postgres=True)]
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_dsn: str) -> Iterator[Any]:
+    from catalens.ledger.pg_registry import PgDatabase
+    from pgdb import fresh_database
+
+    with fresh_database(pg_dsn) as dsn:
+        database = PgDatabase(dsn)
+        yield database
+        database.close()
 
 
 class Opener:
@@ -56,8 +88,15 @@ class Opener:
         return self()
 
 
-@pytest.fixture(params=[pytest.param(k, id=k.name) for k in STATE_KINDS])
+@pytest.fixture(
+    params=[
+        pytest.param(k, id=k.name, marks=[pytest.mark.postgres] if k.postgres else [])
+        for k in STATE_KINDS
+    ]
+)
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    if request.param.postgres:
+        _PG["database"] = request.getfixturevalue("pg_database")
     result = Opener(request.param, tmp_path / "shop")
     result.directory.mkdir()
     yield result
@@ -368,3 +407,41 @@ def test_config_and_documents_round_trip(opener: Opener, state: CollectionState)
     assert state.calibration() is None
     # Documents are not part of what is searchable.
     assert state.generation == 0
+
+
+# -- more than one handle (processes, replicas) ----------------------------------------------
+
+
+def test_what_one_handle_commits_the_other_sees(opener: Opener, state: CollectionState) -> None:
+    other = opener()  # a second handle on the same state, as another process would open it
+    marker = other.change_marker()
+    ids = catalog(state)
+    assert other.generation == state.generation == 1
+    assert other.change_marker() != marker
+    assert other.product_ids() == {"p1", "p2"}
+    assert other.image(ids["a.jpg"]) == state.image(ids["a.jpg"])
+    ref = confirm(other, "p1", "photo")
+    assert state.photo_bytes(ref) == b"bytes of photo"
+    assert [p.ref for p in state.confirmed_photos()] == [ref]
+    state.set_calibration({"weights": [1.0]})
+    assert other.calibration() == {"weights": [1.0]}
+
+
+def test_iter_products_pages_in_byte_order(state: CollectionState) -> None:
+    ids = ["b", "B", "a", "_x", "a-1", "a_1", "Z"]
+    state.apply(ChangeSet(products=[Product(i, i.upper(), ()) for i in ids]))
+    assert [p.id for p in state.iter_products()] == sorted(ids)
+    assert [p.id for p in state.iter_products(offset=2, limit=3)] == sorted(ids)[2:5]
+
+
+def test_a_resync_of_the_same_catalog_changes_nothing_searchable(state: CollectionState) -> None:
+    catalog(state)
+    before = (state.searchable_images(), state.all_images())
+    applied = state.apply(
+        ChangeSet(
+            products=[Product("p1", "One", ("a.jpg", "b.jpg"), {"brand": "X", "size": 2})],
+            images=[image("p1", "a.jpg", 0, "h1"), image("p1", "b.jpg", 1, "h2")],
+        )
+    )
+    assert (applied.upserts, applied.deletes, applied.generation) == ((), (), 2)
+    assert (state.searchable_images(), state.all_images()) == before

@@ -22,7 +22,7 @@ import pytest
 import uvicorn
 from playwright.sync_api import Browser, FilePayload, Locator, Page, expect, sync_playwright
 
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.sample.catalog import generate_sample_catalog
 from catalens.service.service import build_service
 from catalens.settings import Settings

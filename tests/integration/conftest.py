@@ -24,7 +24,7 @@ import httpx
 import pytest
 import uvicorn
 
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.sample.catalog import SampleCatalog, generate_sample_catalog
 from catalens.service.service import build_service
 from catalens.settings import Settings

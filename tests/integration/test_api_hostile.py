@@ -23,9 +23,10 @@ BIG = 50 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(serve_sample, image_server) -> Iterator[Any]:
+def server(serve_sample, image_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with serve_sample(
         "api-hostile",
+        api_local_image_dirs=(tmp_path_factory.mktemp("api-images"),),
         max_upload_bytes=MAX_UPLOAD,
         url_allowlist=(f"127.0.0.1:{image_server.port}",),
         url_fetch_timeout=5.0,
@@ -171,3 +172,100 @@ def test_malformed_requests(client: httpx.Client) -> None:
     response = client.post("/v1/collections/demo/search", content=broken, headers=MULTIPART)
     assert response.status_code in (400, 422) and set(response.json()) == {"error", "detail"}
     _refused(client.post("/search", data={"image": "not a file"}), 422, "validation_error")
+
+
+# -- issue 13 item 7: inputs that crashed a route (500) are refused with a 4xx -------------
+
+
+@pytest.mark.parametrize(
+    "ref", ["{allowed}/a\x00b.jpg", "photos/a\x00b.jpg", "http://example.com/a\x00b.jpg"]
+)
+def test_nul_byte_in_an_upserted_image_ref(client: httpx.Client, server: Any, ref: str) -> None:
+    ref = ref.format(allowed=server.settings.api_local_image_dirs[0])
+    response = client.put("/v1/collections/demo/products", json={"id": "nul-ref", "images": [ref]})
+    detail = _refused(response, 422, "validation_error")
+    assert "images" in detail and "control character" in detail
+    assert client.get("/v1/collections/demo/products/nul-ref").status_code == 404
+
+
+def test_deeply_nested_multipart_filters(client: httpx.Client, sample: SampleCatalog) -> None:
+    nested = "[" * 1000 + "]" * 1000
+    photo = sample.products[0].shopper_photos[0].read_bytes()
+    for filters in (nested, '{"k": ' + nested + "}"):
+        response = client.post(
+            "/v1/collections/demo/search",
+            files={"image": ("p.jpg", photo, "image/jpeg")},
+            data={"filters": filters},
+        )
+        assert "filters" in _refused(response, 422, "validation_error")
+    deep_json = {"image_url": "http://example.invalid/x.jpg", "filters": {"k": [[[[[[1]]]]]]}}
+    response = client.post("/v1/collections/demo/search", json=deep_json)
+    assert "filters" in _refused(response, 422, "validation_error")
+
+
+def test_two_files_in_the_image_field(client: httpx.Client, sample: SampleCatalog) -> None:
+    photo = sample.products[0].shopper_photos[0].read_bytes()
+    files = [("image", ("a.jpg", photo, "image/jpeg")), ("image", ("b.jpg", photo, "image/jpeg"))]
+    response = client.post("/v1/collections/demo/search", files=files)
+    assert "one file" in _refused(response, 422, "validation_error")
+
+
+def test_sync_without_a_source_is_a_conflict(server: Any, client: httpx.Client) -> None:
+    assert client.post("/v1/collections", json={"name": "no-source"}).status_code == 201
+    try:
+        detail = _refused(client.post("/v1/collections/no-source/sync"), 409, "no_source")
+        assert "no source" in detail
+        assert client.get("/v1/jobs").json()["jobs"] == [] or all(
+            job["collection"] != "no-source" for job in client.get("/v1/jobs").json()["jobs"]
+        )
+    finally:
+        client.delete("/v1/collections/no-source")
+
+
+def test_refresh_medicines_without_a_source(
+    start_server: Any, make_settings: Any, tmp_path: Any
+) -> None:
+    settings = make_settings(tmp_path / "home", default_collection="shop")
+    with start_server(settings) as running, running.client() as c:
+        assert c.post("/v1/collections", json={"name": "shop"}).status_code == 201
+        for route in ("/refresh-medicines", "/rebuild-index"):
+            detail = _refused(c.post(route), 409, "no_source")
+            assert "'shop'" in detail
+
+
+# -- issue 13 item 8: product ids with '/' are reachable on every route ---------------------
+
+
+def test_product_ids_with_slashes(client: httpx.Client) -> None:
+    pid = "gid://shopify/Product/42"
+    put = client.put("/v1/collections/demo/products", json={"id": pid, "title": "slashed"})
+    assert put.status_code == 200, put.text
+    quoted = "gid:%2F%2Fshopify%2FProduct%2F42"
+    got = client.get(f"/v1/collections/demo/products/{quoted}")
+    assert got.status_code == 200, got.text
+    assert got.json()["id"] == pid
+    assert client.get(f"/v1/collections/demo/products/{pid}").json()["id"] == pid
+    views = client.get(f"/v1/collections/demo/products/{quoted}/views")
+    assert views.status_code == 200 and views.json()["product_id"] == pid, views.text
+    gone = client.delete(f"/v1/collections/demo/products/{quoted}/views")
+    assert gone.status_code == 200 and gone.json()["product_id"] == pid, gone.text
+    deleted = client.delete(f"/v1/collections/demo/products/{quoted}")
+    assert deleted.status_code == 200 and deleted.json()["deleted"] == pid, deleted.text
+    assert client.get(f"/v1/collections/demo/products/{quoted}").status_code == 404
+
+
+@pytest.mark.parametrize("pid", ["a/views", "a/views/3", "/views"])
+def test_product_ids_a_views_route_would_shadow_are_refused(client: httpx.Client, pid: str) -> None:
+    response = client.put("/v1/collections/demo/products", json={"id": pid})
+    assert "views" in _refused(response, 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    "route,field", [("/search", "image"), ("/embed-image", "file"), ("/demo/search", "file")]
+)
+def test_two_files_in_one_field_of_the_seed_routes(
+    client: httpx.Client, sample: SampleCatalog, route: str, field: str
+) -> None:
+    photo = sample.products[0].shopper_photos[0].read_bytes()
+    files = [(field, ("a.jpg", photo, "image/jpeg")), (field, ("b.jpg", photo, "image/jpeg"))]
+    assert "one file" in _refused(client.post(route, files=files), 422, "validation_error")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.collection.refit import calibrated_without
 from catalens.errors import ConfigError, ProductNotFoundError, QueryNotFoundError
 from catalens.sample.catalog import SampleCatalog, generate_sample_catalog

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.errors import ModelMismatchError
 from catalens.service.service import CatalensService, build_service
 from catalens.settings import Settings

@@ -21,7 +21,7 @@ import pytest
 from numpy.typing import NDArray
 from psycopg import sql
 
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.errors import ConfigError, ModelMismatchError, StoreError
 from catalens.service.service import CatalensService, build_service
 from catalens.service.trusted import TrustedPath

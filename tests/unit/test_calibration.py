@@ -48,7 +48,7 @@ MAX = SearchOptions(aggregation="max")
 def _fit(tmp_path: Path) -> Calibration | None:
     state = SqliteState(tmp_path)
     try:
-        return fit(state, dim=DIM, options=MAX, mean=None, view_queries={})
+        return fit(state, dim=DIM, options=MAX, mean=None, photo_queries={})
     finally:
         state.close()
 
@@ -122,9 +122,9 @@ def test_left_out_products_are_not_fitted(tmp_path: Path) -> None:
     _clusters(tmp_path, products=40, images=3)
     state = SqliteState(tmp_path)
     try:
-        whole = fit(state, dim=DIM, options=MAX, mean=None, view_queries={})
+        whole = fit(state, dim=DIM, options=MAX, mean=None, photo_queries={})
         left_out = {f"p{p}" for p in range(10)}
-        part = fit(state, dim=DIM, options=MAX, mean=None, view_queries={}, exclude=left_out)
+        part = fit(state, dim=DIM, options=MAX, mean=None, photo_queries={}, exclude=left_out)
     finally:
         state.close()
     assert whole is not None and part is not None

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from catalens.cli.commands import app
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.sample.catalog import generate_sample_catalog
 from catalens.service.service import CatalensService
 

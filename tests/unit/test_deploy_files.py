@@ -3,6 +3,8 @@ ports, the DSN pointing at the db service, volumes, health checks, start order."
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from catalens.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -82,6 +86,33 @@ def test_ports(compose: dict[str, Any], dockerfile: str) -> None:
     assert "ports" not in compose["services"]["db"]  # the database stays on the compose network
 
 
+def _interpolate(value: str, environ: dict[str, str]) -> str:
+    """Compose's ``${VAR:?message}`` (required) and ``${VAR:-default}``, as compose reads them."""
+
+    def one(match: re.Match[str]) -> str:
+        name, kind, rest = match.group(1), match.group(2), match.group(3)
+        if environ.get(name):
+            return environ[name]
+        if kind == ":?":
+            raise LookupError(rest)
+        return rest
+
+    return re.sub(r"\$\{(\w+)(:\?|:-)([^}]*)\}", one, value)
+
+
+def test_the_service_on_every_interface_needs_a_key(compose: dict[str, Any]) -> None:
+    """Issue 13 item 9: served on 0.0.0.0, the app gets API keys, and compose refuses to
+    start without one (no default key that every deployment would share)."""
+    app = _env(compose["services"]["catalens"])
+    assert app["CATALENS_HOST"] == "0.0.0.0"
+    keys = app["CATALENS_API_KEYS"]
+    with pytest.raises(LookupError, match="CATALENS_API_KEY"):
+        _interpolate(keys, {})
+    assert json.loads(_interpolate(keys, {"CATALENS_API_KEY": "k-123"})) == ["k-123"]
+    assert Settings(api_keys=json.loads(_interpolate(keys, {"CATALENS_API_KEY": "k"}))).api_keys
+    assert "CATALENS_CORS_ORIGINS" not in app or "*" not in app["CATALENS_CORS_ORIGINS"]
+
+
 def test_volumes(compose: dict[str, Any], dockerfile: str) -> None:
     declared = set(compose["volumes"])
     app = _named_mounts(compose["services"]["catalens"])
@@ -134,10 +165,10 @@ def test_docker_compose_config_accepts_it() -> None:
     )
     if version.returncode != 0:
         pytest.skip(f"no docker compose plugin: {version.stderr.strip() or version.stdout}")
-    checked = subprocess.run(
-        [docker, "compose", "-f", str(DEPLOY / "compose.yaml"), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    command = [docker, "compose", "-f", str(DEPLOY / "compose.yaml"), "config", "--quiet"]
+    keyed = {**os.environ, "CATALENS_API_KEY": "test-key"}
+    checked = subprocess.run(command, capture_output=True, text=True, timeout=60, env=keyed)
     assert checked.returncode == 0, checked.stderr
+    unkeyed = {k: v for k, v in os.environ.items() if k != "CATALENS_API_KEY"}
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60, env=unkeyed)
+    assert refused.returncode != 0 and "CATALENS_API_KEY" in refused.stderr

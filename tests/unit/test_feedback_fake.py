@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.errors import CatalensError, ProductNotFoundError, QueryNotFoundError
 from catalens.sample.catalog import SampleCatalog, generate_sample_catalog
 from catalens.service.service import CatalensService

@@ -1,4 +1,4 @@
-"""fetch.py against a real ThreadingHTTPServer on 127.0.0.1 (loopback only)."""
+"""ingest/fetch.py against a real ThreadingHTTPServer on 127.0.0.1 (loopback only)."""
 
 from __future__ import annotations
 

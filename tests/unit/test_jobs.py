@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from catalens.api.jobs import MAX_FAILURES, Job, JobManager, Scheduler
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.errors import CatalensError, CatalogError, CollectionNotFoundError
 from catalens.ingest.pipeline import IngestFailure, IngestReport, Progress
 from catalens.service.service import CatalensService

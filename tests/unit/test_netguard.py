@@ -1,4 +1,4 @@
-"""netguard.py: classification only, and check_url through a fake resolver (no packets sent)."""
+"""ingest/url_guard.py: classification only, and check_url through a fake resolver (no packets)."""
 
 from __future__ import annotations
 

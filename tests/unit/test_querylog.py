@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from catalens.ledger.query_log import QueryLog, QueryVectors, model_key
+from catalens.ledger.query_log import QueryVectors, model_key
+from catalens.ledger.query_log import SqliteQueryLog as QueryLog
 from catalens.types import ModelIdentity
 
 

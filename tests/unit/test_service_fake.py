@@ -17,7 +17,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.embedders.base import embed_images
 from catalens.errors import CatalensError, CollectionNotFoundError, ModelMismatchError
 from catalens.sample.catalog import SampleCatalog, generate_sample_catalog

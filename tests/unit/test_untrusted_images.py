@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.errors import BlockedPathError, BlockedURLError, ConfigError
 from catalens.ingest.url_guard import AddressGuard
 from catalens.sample.catalog import SampleCatalog, generate_sample_catalog
@@ -258,12 +258,44 @@ def test_the_images_an_untrusted_catalog_names_are_read_only_under_the_allowed_d
     assert [hit.product_id for hit in hits] in ([], ["ok"])
     # A later sync reads the source again under the same rule, from its saved config.
     _catalog(catalog, [("ok", str(secret))])
-    reopened = make_fake_service(home=service.settings.home, api_local_image_dirs=(allowed,))
+    reopened = make_fake_service(  # the one row left removes 4 of 5: allowed here
+        home=service.settings.home, api_local_image_dirs=(allowed,), max_removed_share=1.0
+    )
     again = reopened.sync("shop")
     assert again.images_failed == 1 and "CATALENS_API_LOCAL_IMAGE_DIRS" in again.failed[0].reason
     # The operator's twin: the same catalog ingested from the library reads every file.
     trusted = make_fake_service().ingest("cli", SourceConfig(location=str(catalog)))
     assert trusted.images_failed == 0
+
+
+def test_a_refused_path_says_nothing_about_whether_it_exists(
+    make_fake_service: Callable[..., CatalensService], sample: SampleCatalog, tmp_path: Path
+) -> None:
+    """The guard decides before the file is looked at: a missing file and an existing one
+    outside the allowed dirs fail with the same reason (a probe learns nothing)."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (outside / "there.png").write_bytes(sample.products[0].images[0].read_bytes())
+    rows = [("there", str(outside / "there.png")), ("missing", str(outside / "missing.png"))]
+    catalog = _catalog(allowed / "catalog.csv", rows)
+    service = make_fake_service(api_local_image_dirs=(allowed,))
+    service.create_collection("shop", source=SourceConfig(location=str(catalog)))
+    reasons = {f.product_id: f.reason for f in service.sync("shop").failed}
+    assert set(reasons) == {"there", "missing"}
+    assert "CATALENS_API_LOCAL_IMAGE_DIRS" in reasons["there"]
+    assert reasons["there"].replace("there", "X") == reasons["missing"].replace("missing", "X")
+    fetcher = service.catalog_fetcher("shop")
+    refused = []
+    for name in ("there.png", "missing.png"):
+        with pytest.raises(BlockedPathError) as error:
+            fetcher.fetch(str(outside / name))
+        refused.append(str(error.value).replace(name, "X"))
+    assert refused[0] == refused[1]
+    # The operator's twin: the library's ingest of the same catalog tells the two apart, so
+    # the difference the refusal hides is real.
+    trusted = make_fake_service().ingest("cli", SourceConfig(location=str(catalog)))
+    assert [f.product_id for f in trusted.failed] == ["missing"]
 
 
 class _Backend(BaseHTTPRequestHandler):

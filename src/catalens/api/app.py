@@ -23,9 +23,14 @@ from catalens.api.errors import install_error_handlers
 from catalens.api.jobs import JobManager, Scheduler
 from catalens.api.legacy_env import settings_from_env
 from catalens.api.metrics import ApiMetrics, MetricsMiddleware
+from catalens.api.origins import OriginGuard, exposure_warnings
 from catalens.api.state import AppState
 from catalens.api.uploads import UploadLimitMiddleware
+from catalens.ledger.jobs_records import JobRecords
+from catalens.ledger.jobs_sqlite import SqliteJobs
+from catalens.ledger.locks import AdvisoryLock, FileLock, ProcessLock, lock_key
 from catalens.service.service import build_service
+from catalens.service.stores import is_postgres, postgres_dsn
 from catalens.settings import Settings
 
 __all__ = ["app_from_env", "create_app"]
@@ -34,8 +39,16 @@ log = logging.getLogger("catalens.api")
 
 
 def _start(settings: Settings, metrics: ApiMetrics) -> AppState:
+    for warning in exposure_warnings(settings):
+        log.warning(warning)
     service = build_service(settings)
-    jobs = JobManager(service, on_finish=metrics.observe_job)
+    records, scheduler_lock = _shared_by_processes(settings)
+    jobs = JobManager(
+        service,
+        on_finish=metrics.observe_job,
+        records=records,
+        stale_seconds=settings.job_stale_seconds,
+    )
     state = AppState(
         settings=settings,
         service=service,
@@ -43,10 +56,23 @@ def _start(settings: Settings, metrics: ApiMetrics) -> AppState:
         metrics=metrics,
     )
     if settings.refresh_seconds > 0:
-        state.scheduler = Scheduler(jobs, settings.refresh_seconds)
+        state.scheduler = Scheduler(jobs, settings.refresh_seconds, lock=scheduler_lock)
         state.scheduler.start()
     state.start_warm_up()
     return state
+
+
+def _shared_by_processes(settings: Settings) -> tuple[JobRecords, ProcessLock]:
+    """The job records and the scheduler's lock of every process that serves these
+    collections: in the PostgreSQL database when the store is one (every replica), else
+    beside the home's collections (every worker of this machine)."""
+    if is_postgres(settings.store):
+        from catalens.ledger.jobs_pg import PgJobs
+
+        dsn = postgres_dsn(settings)
+        return PgJobs(dsn), AdvisoryLock(dsn, lock_key("scheduler"))
+    home = settings.home
+    return SqliteJobs(home / "jobs.sqlite"), FileLock(home / "scheduler.lock")
 
 
 def _web_ui() -> ModuleType | None:
@@ -82,8 +108,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalens = None
     install_error_handlers(app)
     app.include_router(routes_v1.service_router)
-    app.include_router(routes_v1.router)
+    # The views routes first: a product id may hold '/', so /products/{id:path} would take
+    # .../products/{id}/views as the id "{id}/views".
     app.include_router(routes_feedback.router)
+    app.include_router(routes_v1.router)
     # Before the web UI's router: the compatibility GET / answers JSON or the page itself.
     app.include_router(routes_compat.router)
     web = _web_ui()
@@ -91,6 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(web.router)
         web.mount_static(app)
     app.add_middleware(UploadLimitMiddleware, max_upload_bytes=resolved.max_upload_bytes)
+    # Only the service's own pages, and the origins the operator lists, may call it from a
+    # browser (see origins.py).
+    app.add_middleware(OriginGuard, allowed=resolved.cors_origins)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(resolved.cors_origins),

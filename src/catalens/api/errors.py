@@ -1,12 +1,15 @@
 """One JSON error shape for every failure the API reports: ``{"error": code, "detail": text}``.
 
 Library errors (``CatalensError``) are translated here and only here; routes let them rise.
-Anything unexpected becomes a 500 whose body says nothing about the traceback.
+Anything unexpected becomes a 500 whose body says nothing about the traceback. The OpenAPI
+document says the same: ``error_responses`` lists a route's error statuses with that shape
+(``ErrorBody``), and FastAPI's own 422 schema is replaced by it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -15,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from catalens.api.schemas import ErrorBody
 from catalens.errors import (
     AlreadyExistsError,
     BlockedPathError,
@@ -29,6 +33,7 @@ from catalens.errors import (
     MissingExtraError,
     ModelError,
     ModelMismatchError,
+    NoSourceError,
     NoTextTowerError,
     ProductNotFoundError,
     QueryNotFoundError,
@@ -74,6 +79,8 @@ _ERROR_CODES: tuple[tuple[type[CatalensError], int, str], ...] = (
     (NoTextTowerError, 422, "no_text_tower"),
     (ModelError, 503, "model_unavailable"),
     (AlreadyExistsError, 409, "conflict"),
+    # Configuration, not a failing upstream: a sync needs a source to read.
+    (NoSourceError, 409, "no_source"),
     # The server lacks an installed part: the operator's problem, not the request's.
     (MissingExtraError, 503, "extra_not_installed"),
     (ConfigError, 422, "invalid_request"),
@@ -139,7 +146,63 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal server error")
 
 
+# -- the error answers in the OpenAPI document -------------------------------------------
+
+_STATUS_DOCS = {
+    400: "A refused address or path (`blocked_url`, `blocked_path`), or a body that cannot "
+    "be read at all (`bad_request`: not UTF-8, a broken multipart form).",
+    401: "No API key in `X-API-Key` where this route needs one (`unauthorized`).",
+    403: "The `X-API-Key` header holds no valid key (`forbidden`).",
+    404: "No such collection, product, image, view, query or job (`..._not_found`).",
+    409: "In conflict with the collection's state: it exists already (`conflict`), was made "
+    "with another model (`model_mismatch`), has no source to sync (`no_source`), or the "
+    "default collection is ambiguous.",
+    413: "The body or an image is over the upload or pixel limit (`upload_too_large`, "
+    "`image_too_large`).",
+    422: "The request is not valid (`validation_error`), or its image cannot be used "
+    "(`invalid_image`, `fetch_failed`, ...).",
+    502: "The collection's source failed while syncing (`sync_failed`).",
+    503: "Not ready yet, busy, or a model or store is unavailable (`not_ready`, "
+    "`model_unavailable`, `store_unavailable`, ...).",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: each status answers an ``ErrorBody``."""
+    return {
+        status: {"model": ErrorBody, "description": _STATUS_DOCS[status]} for status in statuses
+    }
+
+
+def _error_body_schema(openapi: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` with FastAPI's default 422 (``{"detail": [...]}``) replaced by the body
+    ``_validation_error`` really sends, on the routes that did not list 422 themselves."""
+
+    def build() -> dict[str, Any]:
+        schema = openapi()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "HTTPValidationError" not in components:
+            return schema  # rewritten already (the document is built once, then cached)
+        components.setdefault("ErrorBody", ErrorBody.model_json_schema())
+        body = {"$ref": "#/components/schemas/ErrorBody"}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if "HTTPValidationError" in str(responses.get("422", "")):
+                    responses["422"] = {
+                        "description": _STATUS_DOCS[422],
+                        "content": {"application/json": {"schema": body}},
+                    }
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        return schema
+
+    return build
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """The handlers that give every error its ``ErrorBody``, and an OpenAPI that says so."""
+    app.openapi = _error_body_schema(app.openapi)  # type: ignore[method-assign]
     app.add_exception_handler(CatalensError, _catalens_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -7,6 +7,13 @@ the job (``POST /refresh-medicines`` answers when the index is rebuilt). ``Sched
 a sync of every collection with a configured source every ``interval_seconds`` (seed 000's
 ``CACHE_REFRESH_SECONDS``).
 
+Jobs are records (``ledger.jobs_records.JobRecords``) shared by every process that serves
+the same collections (workers, replicas), so a job started through one is read through any
+other, after a restart too, and a collection that syncs in one process is not synced by
+another meanwhile. The process running a job writes it every ``heartbeat_seconds``; a job
+whose process died reads as failed once ``stale_seconds`` passed without a heartbeat. The
+scheduler runs in the one process that holds its ``ProcessLock``.
+
 A sync that fails (a dead backend raises ``CatalogError``, or anything else) marks its job
 ``failed`` with the reason; the ingest applies nothing, so the collection goes on answering
 searches from its previous state.
@@ -18,11 +25,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from catalens.errors import CatalensError
+from catalens.errors import CatalensError, NoSourceError
+from catalens.ledger.jobs_records import JobRecords
+from catalens.ledger.jobs_sqlite import SqliteJobs
+from catalens.ledger.locks import ProcessLock
 
 if TYPE_CHECKING:
     from catalens.ingest.pipeline import IngestReport
@@ -35,6 +45,10 @@ log = logging.getLogger(__name__)
 JobState = Literal["queued", "running", "succeeded", "failed"]
 MAX_FAILURES = 100
 """Failed images listed on a job (the counts still cover them all)."""
+HEARTBEAT_SECONDS = 2.0
+STALE_SECONDS = 30.0
+POLL_SECONDS = 0.2
+"""How often ``wait`` reads the record of a job another process runs."""
 
 
 @dataclass
@@ -57,6 +71,28 @@ class Job:
     finished_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _finished: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    _reread: Callable[[], Mapping[str, Any] | None] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Set on a job another process runs: reads its record again."""
+
+    @classmethod
+    def from_record(
+        cls, record: Mapping[str, Any], reread: Callable[[], Mapping[str, Any] | None]
+    ) -> Job:
+        """A job as its record says (one another process runs, or ran)."""
+        job = cls(collection=str(record["collection"]), _reread=reread)
+        job._take(record)
+        return job
+
+    def _take(self, record: Mapping[str, Any]) -> None:
+        names = {f.name for f in fields(self) if not f.name.startswith("_")}
+        with self._lock:
+            for name, value in record.items():
+                if name in names:
+                    setattr(self, name, value)
+        if self.state in ("succeeded", "failed"):
+            self._finished.set()
 
     @property
     def finished(self) -> bool:
@@ -64,7 +100,20 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job has finished; False if ``timeout`` passed first."""
-        return self._finished.wait(timeout)
+        if self._reread is None:
+            return self._finished.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished:
+            record = self._reread()
+            if record is None:  # forgotten: it finished long ago
+                return True
+            self._take(record)
+            if self.finished:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         with self._lock:
@@ -134,24 +183,40 @@ class JobManager:
         *,
         on_finish: Callable[[Job], None] | None = None,
         keep: int = 200,
+        records: JobRecords | None = None,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        stale_seconds: float = STALE_SECONDS,
     ) -> None:
+        """``records`` keeps the jobs where the other processes read them (default: in
+        this process's memory alone)."""
         if keep < 1:
             raise ValueError("keep must be at least 1")
+        if not 0 < heartbeat_seconds < stale_seconds:
+            raise ValueError("heartbeat_seconds must be positive and below stale_seconds")
         self.service = service
+        self.records: JobRecords = records if records is not None else SqliteJobs(None)
         self._on_finish = on_finish
         self._keep = keep
+        self._stale = stale_seconds
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}  # insertion order = start order
         self._active: dict[str, Job] = {}  # collection -> its queued or running sync
         self._threads: dict[str, threading.Thread] = {}
         self._closed = False
+        self._stopped = threading.Event()
+        self._heart = threading.Thread(
+            target=self._beat, args=(heartbeat_seconds,), name="catalens-jobs", daemon=True
+        )
+        self._heart.start()
 
     def start_sync(self, collection: str) -> Job:
         """A job syncing ``collection`` in the background (the running one if it syncs now).
 
-        Raises ``CollectionNotFoundError`` for an unknown collection, before any thread.
+        Raises ``CollectionNotFoundError`` for an unknown collection and ``NoSourceError``
+        for one without a source, before any thread.
         """
-        self.service.collection(collection)
+        if self.service.collection(collection).config.source is None:
+            raise NoSourceError(f"collection {collection!r} has no source configured")
         with self._lock:
             if self._closed:
                 raise CatalensError("the job manager has shut down; no new syncs")
@@ -159,6 +224,9 @@ class JobManager:
             if running is not None:
                 return running
             job = Job(collection=collection)
+            claimed = self.records.claim(job.to_dict(), stale_before=time.time() - self._stale)
+            if claimed["id"] != job.id:  # another process syncs this collection now
+                return self._remote(claimed)
             self._jobs[job.id] = job
             self._active[collection] = job
             thread = threading.Thread(
@@ -176,13 +244,24 @@ class JobManager:
         return job
 
     def get(self, job_id: str) -> Job | None:
+        """The job, whichever process started it (``None`` when unknown or forgotten)."""
         with self._lock:
-            return self._jobs.get(job_id)
+            local = self._jobs.get(job_id)
+        if local is not None:
+            return local
+        self.records.fail_stale(time.time() - self._stale)
+        record = self.records.get(job_id)
+        return None if record is None else self._remote(record)
 
     def list(self) -> list[Job]:
-        """Every remembered job, newest first."""
+        """Every remembered job, whichever process started it, newest first."""
+        self.records.fail_stale(time.time() - self._stale)
+        records = self.records.recent(self._keep + len(self._active))
         with self._lock:
-            return list(reversed(self._jobs.values()))
+            local = dict(self._jobs)
+        jobs = [local.pop(r["id"]) if r["id"] in local else self._remote(r) for r in records]
+        jobs.extend(local.values())  # not in the records (a write failed): still listed
+        return sorted(jobs, key=lambda job: job.created_at, reverse=True)
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Refuse new syncs and wait (up to ``timeout`` in all) for the running ones."""
@@ -193,9 +272,34 @@ class JobManager:
         for thread in threads:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(left)
+        self._stopped.set()
+
+    def _remote(self, record: Mapping[str, Any]) -> Job:
+        job_id = str(record["id"])
+
+        def reread() -> Mapping[str, Any] | None:
+            self.records.fail_stale(time.time() - self._stale)
+            return self.records.get(job_id)
+
+        return Job.from_record(record, reread)
+
+    def _beat(self, interval: float) -> None:
+        """Write every running job of this process (its progress, and that it is alive)."""
+        while not self._stopped.wait(interval):
+            with self._lock:
+                running = list(self._active.values())
+            for job in running:
+                self._save(job)
+
+    def _save(self, job: Job) -> None:
+        try:
+            self.records.save(job.to_dict())
+        except Exception:  # the job goes on; its record catches up at the next beat
+            log.exception("could not record job %s", job.id)
 
     def _run(self, job: Job) -> None:
         job._start()
+        self._save(job)
         try:
             report = self.service.sync(job.collection, progress=job._progress)
         except CatalensError as exc:
@@ -209,6 +313,7 @@ class JobManager:
         finally:
             if job.finished_at is None:  # a BaseException got through
                 job._fail("interrupted")
+            self._save(job)  # before it leaves the active ones: no beat writes it afterwards
             with self._lock:
                 if self._active.get(job.collection) is job:
                     del self._active[job.collection]
@@ -228,18 +333,44 @@ class JobManager:
         finished = [job_id for job_id, job in self._jobs.items() if job.finished]
         for job_id in finished[: max(0, len(finished) - self._keep)]:
             del self._jobs[job_id]
+        try:
+            self.records.prune(self._keep)
+        except Exception:
+            log.exception("could not forget old jobs")
 
 
 class Scheduler:
-    """Every ``interval_seconds``, starts a sync of each collection that has a source."""
+    """Every ``interval_seconds``, starts a sync of each collection that has a source.
 
-    def __init__(self, manager: JobManager, interval_seconds: float) -> None:
+    With a ``lock`` shared by the processes that serve the same collections, only the
+    process holding it ticks: each tries to take it at every interval, keeps it once it has
+    it, and lets go on ``stop``, so another takes over when the holder stops or dies."""
+
+    def __init__(
+        self, manager: JobManager, interval_seconds: float, *, lock: ProcessLock | None = None
+    ) -> None:
         if interval_seconds <= 0:
             raise ValueError("interval_seconds must be positive")
         self._manager = manager
         self._interval = interval_seconds
+        self._lock = lock
+        self._leading = lock is None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process runs the scheduled syncs (it holds the lock)."""
+        return self._leading
+
+    def lead(self) -> bool:
+        """Take the lock if no other process holds it; whether this process leads now."""
+        if not self._leading and self._lock is not None:
+            try:
+                self._leading = self._lock.acquire(blocking=False)
+            except Exception:
+                log.exception("the scheduler lock cannot be taken")
+        return self._leading
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -254,10 +385,14 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._lock is not None and self._leading:
+            self._leading = False
+            self._lock.release()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
-            self.tick()
+            if self.lead():
+                self.tick()
 
     def tick(self) -> list[Job]:
         """Start the syncs due now; what the loop runs every interval."""

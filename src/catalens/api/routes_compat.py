@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFi
 from fastapi.exceptions import RequestValidationError
 
 from catalens import __version__
-from catalens.api.errors import ApiError
+from catalens.api.errors import ApiError, error_responses
 from catalens.api.schemas import (
     FeaturesOut,
     ImageEmbeddingOut,
@@ -34,7 +34,7 @@ from catalens.api.schemas import (
 )
 from catalens.api.security import require_read_key, require_write_key
 from catalens.api.state import AppState, StateDep, default_collection, hit_link, link_for
-from catalens.api.uploads import read_upload_sync
+from catalens.api.uploads import one_file_per_field, read_upload_sync
 from catalens.collection.collection import Collection
 from catalens.refs import is_url
 from catalens.service.service import ALL
@@ -46,6 +46,11 @@ router = APIRouter(tags=["compatibility"])
 
 READ = [Depends(require_read_key)]
 WRITE = [Depends(require_write_key)]
+UPLOADS = [*READ, Depends(one_file_per_field)]
+# The errors each kind of route answers (all are keyed but the service info at /).
+# 409: the default collection is ambiguous, or (a sync) it has no source.
+DEFAULT = error_responses(401, 403, 404, 409, 503)
+UPLOAD = error_responses(400, 401, 403, 404, 409, 413, 422, 503)
 REFRESH_WAIT_SECONDS = 600.0
 """How long the refresh webhooks wait for their sync before answering "running"."""
 
@@ -129,7 +134,7 @@ def _medicine(request: Request, state: AppState, hit: Hit) -> MedicineHit:
     )
 
 
-@router.post("/search", dependencies=READ)
+@router.post("/search", dependencies=UPLOADS, responses=UPLOAD)
 def search_medicines(
     request: Request,
     state: StateDep,
@@ -163,19 +168,21 @@ def _refresh(state: AppState) -> RefreshOut:
     )
 
 
-@router.post("/refresh-medicines", dependencies=WRITE)
+@router.post(
+    "/refresh-medicines", dependencies=WRITE, responses={**DEFAULT, **error_responses(502)}
+)
 def refresh_medicines(state: StateDep) -> RefreshOut:
     """Seed 000's webhook: sync the default collection from its source, then answer."""
     return _refresh(state)
 
 
-@router.post("/rebuild-index", dependencies=WRITE)
+@router.post("/rebuild-index", dependencies=WRITE, responses={**DEFAULT, **error_responses(502)})
 def rebuild_index(state: StateDep) -> RefreshOut:
     """Same as ``/refresh-medicines`` (the sync is incremental either way)."""
     return _refresh(state)
 
 
-@router.get("/preload-model", dependencies=READ)
+@router.get("/preload-model", dependencies=READ, responses=DEFAULT)
 def preload_model(state: StateDep) -> PreloadOut:
     """Load the default collection's model now (it is loaded at start-up anyway)."""
     embedder = state.service.embedder(state.default_model_spec())
@@ -190,7 +197,7 @@ def preload_model(state: StateDep) -> PreloadOut:
 # -- seed 001 ----------------------------------------------------------------------------
 
 
-@router.get("/models", dependencies=READ)
+@router.get("/models", dependencies=READ, responses=error_responses(401, 403, 503))
 def list_models(state: StateDep) -> ModelsOut:
     """Seed 001: every collection is a "model" with its own search route."""
     summaries = state.service.summaries()
@@ -259,7 +266,7 @@ FileField = Annotated[UploadFile, File(description="The photo to search with.")]
 TopK = Annotated[int | None, Query(ge=1, le=1000, description="How many products.")]
 
 
-@router.post("/all/search", dependencies=READ)
+@router.post("/all/search", dependencies=UPLOADS, responses=UPLOAD)
 def search_all_models(
     request: Request, state: StateDep, file: FileField, top_k: TopK = None
 ) -> ProductSearchOut:
@@ -267,7 +274,7 @@ def search_all_models(
     return _product_search(request, state, ALL, file, top_k)
 
 
-@router.post("/search_products/", dependencies=READ)
+@router.post("/search_products/", dependencies=UPLOADS, responses=UPLOAD)
 def search_products(
     request: Request, state: StateDep, file: FileField, top_k: TopK = None
 ) -> ProductSearchOut:
@@ -275,7 +282,7 @@ def search_products(
     return _product_search(request, state, default_collection(state), file, top_k)
 
 
-@router.post("/{model}/search", dependencies=READ)
+@router.post("/{model}/search", dependencies=UPLOADS, responses=UPLOAD)
 def search_model(
     model: str, request: Request, state: StateDep, file: FileField, top_k: TopK = None
 ) -> ProductSearchOut:
@@ -293,7 +300,7 @@ def _embed_upload(state: AppState, upload: UploadFile) -> tuple[list[float], str
     return [float(x) for x in vector], embedder.identity.name, embedder.device
 
 
-@router.post("/extract-features", dependencies=READ)
+@router.post("/extract-features", dependencies=UPLOADS, responses=UPLOAD)
 def extract_features(
     state: StateDep,
     image: Annotated[UploadFile | None, File(description="The image (or use 'file').")] = None,
@@ -310,7 +317,7 @@ def extract_features(
     )
 
 
-@router.post("/embed-image", dependencies=READ)
+@router.post("/embed-image", dependencies=UPLOADS, responses=UPLOAD)
 def embed_image(
     state: StateDep, file: Annotated[UploadFile, File(description="The image.")]
 ) -> ImageEmbeddingOut:

@@ -6,7 +6,7 @@
     DELETE /v1/collections/{name}/products/{id}/views               (write key)
 
 Feedback needs only what searching needs, so a shop's own search page can send it; removing
-views is an admin's job. The work is ``CatalensService.feedback`` (see ``feedback.py``).
+views is an admin's job. The work is ``CatalensService.feedback`` (see ``feedback/verdicts.py``).
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from catalens.api.errors import ApiError, invalid_field
+from catalens.api.errors import ApiError, error_responses, invalid_field
 from catalens.api.schemas import FeedbackIn, FeedbackOut, ViewList, ViewOut, ViewsRemoved
 from catalens.api.security import require_read_key, require_write_key
 from catalens.api.state import AppState, StateDep
 from catalens.api.uploads import decode_base64_image
-from catalens.feedback.confirmed_photos import ConfirmedView
+from catalens.feedback.confirmed_photos import ConfirmedPhoto
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["v1"])
+router = APIRouter(prefix="/v1", tags=["v1"], responses=error_responses(401, 403, 404, 422, 503))
 READ = [Depends(require_read_key)]
 WRITE = [Depends(require_write_key)]
 
 
-def _view_out(request: Request, name: str, view: ConfirmedView) -> ViewOut:
+def _view_out(request: Request, name: str, view: ConfirmedPhoto) -> ViewOut:
     return ViewOut(
         view_id=view.view_id,
         product_id=view.product_id,
@@ -67,7 +67,7 @@ def _feedback(request: Request, state: AppState, name: str, body: FeedbackIn) ->
     )
 
 
-@router.post("/collections/{name}/feedback", dependencies=READ)
+@router.post("/collections/{name}/feedback", dependencies=READ, responses=error_responses(400, 413))
 async def post_feedback(
     name: str, body: FeedbackIn, request: Request, state: StateDep
 ) -> FeedbackOut:
@@ -77,7 +77,7 @@ async def post_feedback(
     return await run_in_threadpool(_feedback, request, state, name, body)
 
 
-@router.get("/collections/{name}/products/{product_id}/views", dependencies=READ)
+@router.get("/collections/{name}/products/{product_id:path}/views", dependencies=READ)
 def list_views(name: str, product_id: str, request: Request, state: StateDep) -> ViewList:
     """The confirmed shopper photos of a product, with their provenance."""
     views = state.service.confirmed_views(name, product_id)
@@ -88,7 +88,7 @@ def list_views(name: str, product_id: str, request: Request, state: StateDep) ->
     )
 
 
-@router.delete("/collections/{name}/products/{product_id}/views/{view_id}", dependencies=WRITE)
+@router.delete("/collections/{name}/products/{product_id:path}/views/{view_id}", dependencies=WRITE)
 def delete_view(name: str, product_id: str, view_id: int, state: StateDep) -> ViewsRemoved:
     """Remove one confirmed view (the product's results are as before it was added)."""
     removed = state.service.remove_views(name, product_id, [view_id])
@@ -99,7 +99,7 @@ def delete_view(name: str, product_id: str, view_id: int, state: StateDep) -> Vi
     return ViewsRemoved(collection=name, product_id=product_id, removed=removed)
 
 
-@router.delete("/collections/{name}/products/{product_id}/views", dependencies=WRITE)
+@router.delete("/collections/{name}/products/{product_id:path}/views", dependencies=WRITE)
 def delete_views(name: str, product_id: str, state: StateDep) -> ViewsRemoved:
     """Remove every confirmed view of a product."""
     removed = state.service.remove_views(name, product_id)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from catalens import __version__
-from catalens.api.errors import ApiError, invalid_field
+from catalens.api.errors import ApiError, error_responses, invalid_field
 from catalens.api.schemas import (
     CollectionCreate,
     CollectionHealth,
@@ -61,12 +61,17 @@ from catalens.types import Hit
 
 __all__ = ["router", "service_router"]
 
-router = APIRouter(prefix="/v1", tags=["v1"])
+# Every /v1 route may need a key and reads the service (a store or model may be down).
+router = APIRouter(prefix="/v1", tags=["v1"], responses=error_responses(401, 403, 503))
 service_router = APIRouter(tags=["service"])
 
 READ = [Depends(require_read_key)]
 WRITE = [Depends(require_write_key)]
 FAILURES_SHOWN = 100
+NAMED = error_responses(404, 422)
+"""A route about one collection (or product, job, ...) named in its path."""
+QUERY = error_responses(400, 404, 409, 413, 422)
+"""A search or embed: an upload or URL to read, a collection and its model to use."""
 Q = TypeVar("Q", bound=QueryIn)
 
 
@@ -95,6 +100,15 @@ _SEARCH_DOC = _body_doc(
 _EMBED_DOC = _body_doc(EmbedRequest, {"model": {"type": "string"}})
 
 
+def _form_json(field: str, text: str) -> Any:
+    """A form field holding JSON. Nesting deep enough to exhaust the parser's recursion is
+    refused like any malformed value (no filter is ever nested more than one list deep)."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise invalid_field(field, "must be a JSON object of values or lists of values") from None
+
+
 async def _read_query(request: Request, model: type[Q], state: AppState) -> tuple[Q, bytes | None]:
     """A JSON body, or a multipart form whose ``image`` field is the uploaded file."""
     upload: bytes | None = None
@@ -106,15 +120,14 @@ async def _read_query(request: Request, model: type[Q], state: AppState) -> tupl
                     if key != "image":
                         fields[key] = value
                     elif isinstance(value, UploadFile):
+                        if upload is not None:
+                            raise invalid_field("image", "give one file, not several")
                         limit = state.settings.max_upload_bytes
                         upload = await read_upload(value, limit=limit)
                     else:
                         raise invalid_field("image", "must be an uploaded file")
             if isinstance(fields.get("filters"), str):
-                try:
-                    fields["filters"] = json.loads(fields["filters"])
-                except json.JSONDecodeError:
-                    raise invalid_field("filters", "must be a JSON object") from None
+                fields["filters"] = _form_json("filters", fields["filters"])
             parsed = model.model_validate(fields)
         else:
             parsed = model.model_validate_json((await request.body()) or b"{}")
@@ -192,13 +205,18 @@ def list_collections(state: StateDep) -> CollectionList:
     return CollectionList(collections=summaries)
 
 
-@router.get("/collections/{name}", dependencies=READ)
+@router.get("/collections/{name}", dependencies=READ, responses=NAMED)
 def collection_info(name: str, state: StateDep) -> CollectionInfoOut:
     """One collection, with the first failed images and why they failed."""
     return _info(state, name)
 
 
-@router.post("/collections", status_code=201, dependencies=WRITE)
+@router.post(
+    "/collections",
+    status_code=201,
+    dependencies=WRITE,
+    responses=error_responses(400, 409, 413, 422),
+)
 def create_collection(body: CollectionCreate, state: StateDep) -> CollectionInfoOut:
     """Create a collection; with a ``source`` (and ``sync``), its first sync starts at once.
 
@@ -216,7 +234,7 @@ def create_collection(body: CollectionCreate, state: StateDep) -> CollectionInfo
     return _info(state, body.name, job)
 
 
-@router.delete("/collections/{name}", dependencies=WRITE)
+@router.delete("/collections/{name}", dependencies=WRITE, responses=NAMED)
 def delete_collection(name: str, state: StateDep) -> Deleted:
     state.service.delete_collection(name)
     return Deleted(deleted=name)
@@ -226,7 +244,11 @@ def delete_collection(name: str, state: StateDep) -> Deleted:
     "/collections/{name}/images/{image_id}",
     name="collection_image",
     response_class=Response,
-    responses={200: {"content": {"image/*": {}}}},
+    responses={
+        200: {"content": {"image/*": {}}},
+        307: {"description": "The image is a URL: go there."},
+        **error_responses(404, 422, 503),
+    },
 )
 def collection_image(name: str, image_id: int, state: StateDep) -> Response:
     """A registered image of the collection (local files; URLs redirect to themselves)."""
@@ -261,7 +283,9 @@ def collection_image(name: str, image_id: int, state: StateDep) -> Response:
 # -- search and embed --------------------------------------------------------------------
 
 
-@router.post("/collections/{name}/search", dependencies=READ, openapi_extra=_SEARCH_DOC)
+@router.post(
+    "/collections/{name}/search", dependencies=READ, responses=QUERY, openapi_extra=_SEARCH_DOC
+)
 async def search_collection(name: str, request: Request, state: StateDep) -> SearchResponse:
     """Search one collection by image (multipart ``image``, ``image_url``, ``image_base64``)
     or by ``text`` (models with a text tower); ``filters`` match metadata exactly."""
@@ -269,7 +293,7 @@ async def search_collection(name: str, request: Request, state: StateDep) -> Sea
     return await run_in_threadpool(_search, request, state, name, query, upload)
 
 
-@router.post("/search", dependencies=READ, openapi_extra=_SEARCH_DOC)
+@router.post("/search", dependencies=READ, responses=QUERY, openapi_extra=_SEARCH_DOC)
 async def search_all(request: Request, state: StateDep) -> SearchResponse:
     """Search every collection at once; results are ranked together."""
     query, upload = await _read_query(request, SearchRequest, state)
@@ -292,7 +316,7 @@ def _embed(state: AppState, query: EmbedRequest, upload: bytes | None) -> EmbedR
     )
 
 
-@router.post("/embed", dependencies=READ, openapi_extra=_EMBED_DOC)
+@router.post("/embed", dependencies=READ, responses=QUERY, openapi_extra=_EMBED_DOC)
 async def embed(request: Request, state: StateDep) -> EmbedResponse:
     """An image (or words) as a unit vector of the model's space."""
     query, upload = await _read_query(request, EmbedRequest, state)
@@ -327,21 +351,25 @@ def _upsert(name: str, body: ProductIn | list[ProductIn], state: AppState) -> Up
 
 
 ProductsBody = Annotated[ProductIn | list[ProductIn], Body()]
+UPSERT = error_responses(400, 404, 413, 422)
+"""An upsert: its image refs may be refused (400) or too large (413)."""
 
 
-@router.put("/collections/{name}/products", dependencies=WRITE)
+@router.put("/collections/{name}/products", dependencies=WRITE, responses=UPSERT)
 def put_products(name: str, body: ProductsBody, state: StateDep) -> UpsertReportOut:
     """Add or replace one product or a list of them; their images are embedded now."""
     return _upsert(name, body, state)
 
 
-@router.post("/collections/{name}/products", dependencies=WRITE)
+@router.post("/collections/{name}/products", dependencies=WRITE, responses=UPSERT)
 def post_products(name: str, body: ProductsBody, state: StateDep) -> UpsertReportOut:
     """Same as ``PUT``."""
     return _upsert(name, body, state)
 
 
-@router.get("/collections/{name}/products/{product_id}", dependencies=READ)
+# ``:path``: a product id may hold '/' (``gid://shopify/Product/1``), sent as is or as %2F.
+# The views routes (routes_feedback, included first) take ids ending in /views[/{view_id}].
+@router.get("/collections/{name}/products/{product_id:path}", dependencies=READ, responses=NAMED)
 def get_product(name: str, product_id: str, request: Request, state: StateDep) -> ProductOut:
     collection = state.service.collection(name)
     product = collection.ledger.get_product(product_id)
@@ -366,7 +394,9 @@ def get_product(name: str, product_id: str, request: Request, state: StateDep) -
     )
 
 
-@router.delete("/collections/{name}/products/{product_id}", dependencies=WRITE)
+@router.delete(
+    "/collections/{name}/products/{product_id:path}", dependencies=WRITE, responses=NAMED
+)
 def delete_product(name: str, product_id: str, state: StateDep) -> Deleted:
     if state.service.delete_products(name, [product_id]) == 0:
         raise ProductNotFoundError(f"no product {product_id!r} in collection {name!r}")
@@ -376,7 +406,12 @@ def delete_product(name: str, product_id: str, state: StateDep) -> Deleted:
 # -- sync jobs ---------------------------------------------------------------------------
 
 
-@router.post("/collections/{name}/sync", status_code=202, dependencies=WRITE)
+@router.post(
+    "/collections/{name}/sync",
+    status_code=202,
+    dependencies=WRITE,
+    responses=error_responses(404, 409, 422),
+)
 def sync_collection(name: str, response: Response, state: StateDep) -> JobOut:
     """Start an incremental sync from the collection's source; poll ``/v1/jobs/{id}``."""
     job = state.jobs.start_sync(name)  # an unknown collection: 404, before any job
@@ -389,7 +424,7 @@ def list_jobs(state: StateDep) -> JobList:
     return JobList(jobs=[JobOut(**job.to_dict()) for job in state.jobs.list()])
 
 
-@router.get("/jobs/{job_id}", dependencies=WRITE)
+@router.get("/jobs/{job_id}", dependencies=WRITE, responses=NAMED)
 def get_job(job_id: str, state: StateDep) -> JobOut:
     """A job's state, progress, counts and failures."""
     job = state.jobs.get(job_id)
@@ -432,7 +467,7 @@ def health(state: StateDep) -> HealthOut:
     )
 
 
-@service_router.get("/ready", responses={503: {"description": "still loading models"}})
+@service_router.get("/ready", responses=error_responses(503))
 def ready(state: StateDep) -> ReadyOut:
     """200 once the models are loaded; 503 before (or if loading failed)."""
     if not state.loaded.is_set():

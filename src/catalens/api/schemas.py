@@ -2,14 +2,58 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.service.service import CollectionSummary
 from catalens.types import Product
+
+# -- shared field rules ------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(value: str) -> str:
+    # A NUL or newline is never part of a file name, URL or id a catalog means: refuse it
+    # here rather than let it reach the filesystem or an HTTP client deeper down.
+    if _CONTROL.search(value):
+        raise ValueError("must not contain a control character (NUL, newline, ...)")
+    return value
+
+
+Printable = Annotated[str, AfterValidator(_printable)]
+"""A string without control characters (image refs, source locations, product ids)."""
+
+
+def _routable_id(value: str) -> str:
+    # Ids may hold '/' (``gid://shopify/Product/1``): the product routes take the rest of the
+    # path. A 'views' segment after a '/' would read as the product's views route instead.
+    if "views" in value.split("/")[1:]:
+        raise ValueError("must not have 'views' as a path segment after a '/'")
+    return value
+
+
+ProductId = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_printable)]
+"""The id of an existing product, as the feedback route names it."""
+NewProductId = Annotated[ProductId, AfterValidator(_routable_id)]
+"""The id of a product being added: reachable by every product route."""
+FilterScalar = str | int | float | bool | None
+FilterValue = FilterScalar | list[FilterScalar]
+"""One metadata filter: a value to match exactly, or a list of values (any of them)."""
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer (4xx and 5xx)."""
+
+    error: str
+    """A short, stable code: ``validation_error``, ``collection_not_found``, ..."""
+    detail: str
+    """What went wrong, in words."""
+
 
 # -- collections -------------------------------------------------------------------------
 
@@ -17,7 +61,7 @@ from catalens.types import Product
 class SourceIn(BaseModel):
     """Where a collection's catalog comes from (a file, folder or http(s) catalog URL)."""
 
-    location: str = Field(min_length=1)
+    location: Printable = Field(min_length=1)
     format: str | None = None
     mapping: dict[str, Any] | None = None
     where: dict[str, str] | None = None
@@ -82,6 +126,7 @@ class CollectionInfoOut(CollectionSummary):
     metric: str
     vectors: int
     source: dict[str, Any] | None = None
+    """Where the catalog comes from; header values, URL passwords and tokens redacted."""
     created_at: float
     confirmed_views: int = 0
     """Shopper photos confirmed through feedback, kept as extra views of their products."""
@@ -119,7 +164,7 @@ class QueryIn(BaseModel):
 class SearchRequest(QueryIn):
     top_k: int | None = Field(default=None, ge=1, le=1000)
     threshold: float | None = Field(default=None, ge=-1e6, le=1e6)
-    filters: dict[str, Any] | None = None
+    filters: dict[str, FilterValue] | None = None
 
 
 class EmbedRequest(QueryIn):
@@ -167,7 +212,7 @@ class FeedbackIn(BaseModel):
     verdict: Literal["correct", "wrong", "actually"]
     """``correct``: this product was right; ``wrong``: it was not; ``actually``: it is
     this product (another result, or an id typed in)."""
-    product_id: str = Field(min_length=1, max_length=512)
+    product_id: ProductId
     user: str | None = Field(default=None, max_length=200)
 
 
@@ -217,9 +262,11 @@ class EmbedResponse(BaseModel):
 
 
 class ProductIn(BaseModel):
-    id: str = Field(min_length=1, max_length=512)
+    id: NewProductId
     title: str = ""
-    images: list[str] = Field(default_factory=list, max_length=64)
+    images: list[Annotated[Printable, Field(min_length=1, max_length=8192)]] = Field(
+        default_factory=list, max_length=64
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     def to_product(self) -> Product:

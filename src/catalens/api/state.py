@@ -101,6 +101,7 @@ class AppState:
         if self.scheduler is not None:
             self.scheduler.stop()
         self.jobs.shutdown(timeout=60)
+        self.jobs.records.close()
         if self._warm_thread is not None:
             self._warm_thread.join(timeout=30)
         self.service.close()

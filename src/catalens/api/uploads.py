@@ -13,9 +13,10 @@ import binascii
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from catalens.api.errors import error_response
+from catalens.api.errors import error_response, invalid_field
 from catalens.errors import ImageDecodeError, ImageTooLargeError
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "UploadLimitMiddleware",
     "body_limit",
     "decode_base64_image",
+    "one_file_per_field",
     "read_upload",
     "read_upload_sync",
 ]
@@ -102,6 +104,17 @@ class UploadLimitMiddleware:
                 raise
             detail = str(exc.detail)
             await error_response(413, "upload_too_large", detail)(scope, receive, send)
+
+
+async def one_file_per_field(request: Request) -> None:
+    """Dependency of routes that take an uploaded file: 422 when a form field holds several
+    files, where the route would silently use one of them."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return
+    form = await request.form()  # parsed already for the route's parameters: cached
+    for key in set(form.keys()):
+        if sum(isinstance(value, UploadFile) for value in form.getlist(key)) > 1:
+            raise invalid_field(key, "give one file, not several")
 
 
 def _over(name: str, size: int | str, limit: int) -> ImageTooLargeError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -27,12 +28,19 @@ from catalens.cli.base import (
     query_image,
     stdin_is_terminal,
 )
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.errors import CollectionNotFoundError
 from catalens.ingest.pipeline import IngestReport
 from catalens.service.service import ALL
 
 T = TypeVar("T")
+
+
+class EngineChoice(StrEnum):
+    """Where ``ingest`` loads and embeds images (``CatalensService.ingest``'s ``engine``)."""
+
+    local = "local"
+    ray = "ray"
 
 
 def ingest(
@@ -63,6 +71,14 @@ def ingest(
     force: Annotated[
         bool, typer.Option(metavar="", help="Rebuild the collection from scratch.")
     ] = False,
+    force_removals: Annotated[
+        bool,
+        typer.Option(
+            "--force-removals",
+            metavar="",
+            help="Allow removing more than max_removed_share (default half) of the products.",
+        ),
+    ] = False,
     id_column: Annotated[
         str | None, typer.Option(metavar="COLUMN", help="CSV/JSONL column with the id.")
     ] = None,
@@ -80,8 +96,20 @@ def ingest(
     as_json: Annotated[
         bool, typer.Option("--json", metavar="", help="Print the report as JSON.")
     ] = False,
+    engine: Annotated[
+        EngineChoice,
+        typer.Option(help="Load and embed in this process, or on a Ray cluster (ray extra)."),
+    ] = EngineChoice.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(metavar="ADDR", help="Ray cluster to join (default: start a local one)."),
+    ] = None,
 ) -> None:
-    """Index a catalog into a collection (incremental: only new or changed images are embedded)."""
+    """Index a catalog into a collection (incremental: only new or changed images are embedded).
+
+    Re-running it for a collection reuses the column options it was created with unless
+    new ones are given, and stops before removing most of the catalog (--force-removals).
+    """
     mapping = None
     if id_column:
         mapping = {"id": id_column, "title": title_column, "images": tuple(image_column or ())}
@@ -101,6 +129,9 @@ def ingest(
             store=store,
             force=force,
             progress=Bars(progress),
+            force_removals=force_removals,
+            engine=engine.value,
+            ray_address=ray_address,
         )
     _print_ingest(report, as_json)
 

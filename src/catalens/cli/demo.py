@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from rich.console import Console
 from rich.table import Table
 
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.errors import CatalensError, ModelError
 from catalens.sample.catalog import generate_sample_catalog
 from catalens.service.service import CatalensService

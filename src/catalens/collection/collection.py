@@ -7,6 +7,15 @@ and the vector store's.
 
 Searches hold a read lock and changes a write lock, so a search sees the collection either
 before or after a change, never half-way through one.
+
+Several processes may serve one collection (``serve --workers``, replicas on one
+PostgreSQL). A change is made under the state's writer lock (``ledger/locks.py``), which
+excludes every other process: the store is brought up to what others committed, the change
+applied, the store flushed. What a process keeps in memory (a FAISS store, the config, the
+calibration, the domain mean) is checked against the state at most every
+``REFRESH_SECONDS`` on the way to a search (``refresh_if_due``) and reloaded when another
+process changed it; the queries each process saw are folded into the shared domain mean
+every ``MERGE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -14,46 +23,45 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from catalens.collection.config import CollectionConfig, SourceConfig, check_name
+from catalens.collection.config import CollectionConfig, SourceConfig
 from catalens.collection.locks import ReadWriteLock
+from catalens.collection.redact import shown_source
 from catalens.errors import (
     AlreadyExistsError,
     CollectionNotFoundError,
     ModelMismatchError,
 )
+from catalens.ledger.locks import FileLock, ProcessLock, WriterLocking, held
 from catalens.ledger.sqlite import SqliteState
-from catalens.ledger.state import ChangeSet, CollectionState, ImageChange, metadata_matches
+from catalens.ledger.state import ChangeSet, CollectionState, metadata_matches
 from catalens.search.calibration import STATS_DEPTH, Calibration, NoCalibration
-from catalens.search.query_crops import DomainCentering, SearchOptions, centered_scores
+from catalens.search.query_crops import DomainCentering, centered_scores
 from catalens.search.scoring import ProductVectors, score_products
-from catalens.stores.base import HoldsVectors, VectorStore
+from catalens.stores.base import HoldsVectors, Reloads, VectorStore
 from catalens.types import Hit, ImageMatch, ModelIdentity
 
-__all__ = [
-    "ChangeSet",
-    "Collection",
-    "CollectionConfig",
-    "ImageChange",
-    "SearchOptions",
-    "SourceConfig",
-    "StoreFactory",
-    "check_name",
-    "copy_collection_dir",
-    "remove_collection_dir",
-]
+__all__ = ["Collection", "StoreFactory", "copy_collection_dir", "remove_collection_dir"]
 
 StoreFactory = Callable[[CollectionConfig, Path], VectorStore]
+
+REFRESH_SECONDS = 0.15
+"""At most this long between two checks that another process changed the collection."""
+MERGE_SECONDS = 3.0
+"""How often this process's queries are folded into the shared domain mean."""
+WRITER_LOCK_FILE = ".writer.lock"
+"""The lock file of a collection whose state does not bring its own writer lock."""
 
 
 class Collection:
@@ -72,6 +80,20 @@ class Collection:
         self.ledger: CollectionState = ledger if ledger is not None else SqliteState(directory)
         """The collection's state (``ledger.state.CollectionState``)."""
         self.lock = ReadWriteLock()
+        """Searches and changes within this process."""
+        self.writer_lock: ProcessLock = (
+            self.ledger.writer_lock()
+            if isinstance(self.ledger, WriterLocking)
+            else FileLock(directory / WRITER_LOCK_FILE)
+        )
+        """Changes across processes (re-entrant); taken before ``lock``, never after."""
+        self.gone = False
+        """Deleted or replaced by another process: the registry opens it again."""
+        self._checked = time.monotonic()
+        self._merged = time.monotonic()
+        self._refreshing = threading.Lock()
+        self._config_doc = self.ledger.config()
+        """The config document ``config`` was made from (or saved as) here."""
         mean = self.ledger.domain_mean()
         self.centering = DomainCentering.loads(
             json.dumps(mean) if mean else None, config.model.dim, config.search.centering_window
@@ -80,6 +102,7 @@ class Collection:
         self._deferred = 0
         self._unflushed = False
         fitted = self.ledger.calibration()
+        self._calibration_doc = fitted
         self.calibration: Calibration | NoCalibration = (
             Calibration.from_dict(fitted) if fitted else NoCalibration()
         )
@@ -91,26 +114,47 @@ class Collection:
 
     @classmethod
     def create(
-        cls, directory: Path, config: CollectionConfig, store_factory: StoreFactory
+        cls,
+        directory: Path,
+        config: CollectionConfig,
+        store_factory: StoreFactory,
+        *,
+        state: CollectionState | None = None,
     ) -> Collection:
-        directory.mkdir(parents=True, exist_ok=True)
-        try:
+        """A new collection: its state a sqlite ledger made in ``directory``, or ``state``
+        (new and empty, made elsewhere, e.g. in PostgreSQL: then ``directory`` is not made,
+        and the caller removes ``state`` when this fails). Saving the config comes last."""
+        if state is not None:
             store = store_factory(config, directory)
-            ledger = SqliteState(directory)
-        except BaseException:
-            # No config saved yet, so nothing half-made is ever taken for a collection.
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
+            ledger: CollectionState = state
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                store = store_factory(config, directory)
+                ledger = SqliteState(directory)
+            except BaseException:
+                # No config saved yet, so nothing half-made is ever taken for a collection.
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
         ledger.set_config(config.to_dict())
         return cls(directory, config, store, ledger)
 
     @classmethod
-    def open(cls, directory: Path, store_factory: StoreFactory) -> Collection:
-        if not SqliteState.exists(directory):
-            raise CollectionNotFoundError(
-                f"no collection {directory.name!r} (looked in {directory})"
-            )
-        ledger = SqliteState(directory)
+    def open(
+        cls,
+        directory: Path,
+        store_factory: StoreFactory,
+        *,
+        state: CollectionState | None = None,
+    ) -> Collection:
+        """The collection whose state is the sqlite ledger in ``directory``, or ``state``."""
+        if state is None:
+            if not SqliteState.exists(directory):
+                raise CollectionNotFoundError(
+                    f"no collection {directory.name!r} (looked in {directory})"
+                )
+            state = SqliteState(directory)
+        ledger = state
         try:
             config = CollectionConfig.from_dict(ledger.config() or {})
             store = store_factory(config, directory)
@@ -124,26 +168,107 @@ class Collection:
         return self.config.name
 
     def close(self) -> None:
-        self.save_query_mean()
+        if not self.gone:
+            self.save_query_mean()
         self.store.close()
         self.ledger.close()
 
     def observe_query(self, vector: NDArray[np.float32]) -> None:
-        """Feed a photo query into the running domain mean (persisted every 32 queries)."""
+        """Feed a photo query into the running domain mean (folded into the shared one
+        every ``MERGE_SECONDS`` by ``refresh_if_due``, and on close)."""
         if not self.config.search.centering:
             return
         self.centering.observe(vector)
-        if self.centering.count % 32 == 0:
-            self.save_query_mean()
 
     def set_calibration(self, calibration: Calibration | None) -> None:
         """Use (and store) a new calibration; ``None`` drops verdicts."""
-        self.ledger.set_calibration(calibration.to_dict() if calibration else None)
+        document = calibration.to_dict() if calibration else None
+        self.ledger.set_calibration(document)
+        self._calibration_doc = document
         self.calibration = calibration or NoCalibration()
 
     def save_query_mean(self) -> None:
-        if self.centering.count:
-            self.ledger.set_domain_mean(json.loads(self.centering.dumps()))
+        """Fold the queries this process saw into the shared domain mean now."""
+        self._merge_query_mean(blocking=True)
+
+    def _merge_query_mean(self, *, blocking: bool) -> None:
+        self._merged = time.monotonic()
+        if not self.centering.pending:  # only take up what the other processes folded in
+            self.centering.fold(self.ledger.domain_mean())
+            return
+        if not self.writer_lock.acquire(blocking):
+            return  # a writer holds the collection: fold at the next turn
+        try:
+            self.ledger.set_domain_mean(self.centering.fold(self.ledger.domain_mean()))
+        finally:
+            self.writer_lock.release()
+
+    # -- coherence across processes ------------------------------------------------------
+
+    def refresh_if_due(self) -> bool:
+        """``refresh`` when the last check is ``REFRESH_SECONDS`` old (else nothing: this is
+        on every search's path); False when the collection is gone."""
+        if self.gone:
+            return False
+        now = time.monotonic()
+        if now - self._checked < REFRESH_SECONDS or not self._refreshing.acquire(blocking=False):
+            return True  # checked lately, or another thread is checking now
+        try:
+            self._checked = now
+            return self.refresh()
+        finally:
+            self._refreshing.release()
+
+    def refresh(self) -> bool:
+        """Take up what other processes committed: the config, the calibration, the
+        vector store (a FAISS copy is reloaded) and, every ``MERGE_SECONDS``, the domain
+        mean. False (and ``gone``) when the collection was deleted or replaced meanwhile."""
+        config = self.ledger.config()
+        if config is None or float(config.get("created_at", 0.0)) != self.config.created_at:
+            self.gone = True
+            return False
+        if config != self._config_doc:
+            self._config_doc = config
+            self.config = CollectionConfig.from_dict(config)
+        fitted = self.ledger.calibration()
+        if fitted != self._calibration_doc:
+            self._calibration_doc = fitted
+            self.calibration = Calibration.from_dict(fitted) if fitted else NoCalibration()
+        self._catch_up(blocking=False)
+        if time.monotonic() - self._merged >= MERGE_SECONDS:
+            self._merge_query_mean(blocking=False)
+        return True
+
+    def _catch_up(self, *, blocking: bool) -> None:
+        """Bring the store up to the state's generation: reload what another process
+        flushed; rebuild from the state when the store still lags and no writer is at work
+        (one died between its commit and its flush). ``blocking`` waits for the writer lock
+        (a writer, or opening); a search passes False and leaves the lag to the writer."""
+        if self._deferred:
+            return  # this process holds the writer lock and flushes at the end
+        if isinstance(self.store, Reloads):
+            self.store.reload()
+        if self.store.generation() == str(self.ledger.generation):
+            return
+        if not self.writer_lock.acquire(blocking):
+            return
+        try:
+            if isinstance(self.store, Reloads):
+                self.store.reload()
+            if self.store.generation() != str(self.ledger.generation):
+                with self.lock.write():
+                    self._rebuild()
+        finally:
+            self.writer_lock.release()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the collection for a change: the writer lock across processes, the store
+        caught up with what other processes committed, then this process's write lock."""
+        with held(self.writer_lock):
+            self._catch_up(blocking=True)
+            with self.lock.write():
+                yield
 
     def check_model(self, identity: ModelIdentity) -> None:
         """Refuse an embedder whose vectors would not be comparable with this collection's."""
@@ -159,25 +284,29 @@ class Collection:
     def update_source(self, source: SourceConfig) -> None:
         self.config = replace(self.config, source=source)
         self.ledger.set_config(self.config.to_dict())
+        self._config_doc = self.ledger.config()  # as saved: JSON has lists, not tuples
 
     def _reconcile(self) -> None:
         """Rebuild the store from the ledger when a crash left it behind."""
-        if self.store.generation() != str(self.ledger.generation):
-            self.rebuild_store()
+        self._catch_up(blocking=True)
 
     def rebuild_store(self) -> None:
-        with self.lock.write():
-            self.store.clear()
-            dim = self.config.model.dim
-            images = self.ledger.searchable_images()
-            for start in range(0, len(images), 4096):
-                chunk = images[start : start + 4096]
-                self.store.upsert(
-                    [i.image_id for i in chunk],
-                    [i.product_id for i in chunk],
-                    self.ledger.vectors_for([i.content_hash for i in chunk], dim),
-                )
-            self._flush()
+        with self.writing():
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """The caller holds the writer lock and the write lock."""
+        self.store.clear()
+        dim = self.config.model.dim
+        images = self.ledger.searchable_images()
+        for start in range(0, len(images), 4096):
+            chunk = images[start : start + 4096]
+            self.store.upsert(
+                [i.image_id for i in chunk],
+                [i.product_id for i in chunk],
+                self.ledger.vectors_for([i.content_hash for i in chunk], dim),
+            )
+        self._flush()
 
     def _flush(self) -> None:
         if self._deferred:
@@ -190,15 +319,18 @@ class Collection:
         """Many small changes in a row (simulated feedback): the store is written to disk
         once at the end instead of after each. The ledger still commits each change, and a
         crash meanwhile leaves a store that lags the ledger, which is rebuilt on open."""
-        self._deferred += 1
-        try:
-            yield
-        finally:
-            self._deferred -= 1
-            if not self._deferred and self._unflushed:
-                self._unflushed = False
-                with self.lock.write():
-                    self._flush()
+        with held(self.writer_lock):  # no other process writes meanwhile
+            if not self._deferred:
+                self._catch_up(blocking=True)
+            self._deferred += 1
+            try:
+                yield
+            finally:
+                self._deferred -= 1
+                if not self._deferred and self._unflushed:
+                    self._unflushed = False
+                    with self.lock.write():
+                        self._flush()
 
     # -- changes -------------------------------------------------------------------------
 
@@ -208,7 +340,7 @@ class Collection:
         the two leaves a store that lags, which the next open rebuilds."""
         if not changes:
             return
-        with self.lock.write():
+        with self.writing():
             applied = self.ledger.apply(changes)
             if applied.deletes:
                 self.store.delete(list(applied.deletes))
@@ -230,13 +362,14 @@ class Collection:
         center: bool = True,
         exclude: AbstractSet[str] = frozenset(),
     ) -> list[Hit]:
-        """Products ranked by their images (``scoring.py``), one hit per product.
+        """Products ranked by their images (``search/scoring.py``), one hit per product.
 
         With ``center`` and enough photo queries seen, the best candidates from the index are
         re-scored by the domain-centred cosine (see ``search/query_crops.py``). Products in
         ``exclude`` are left out as if they were not in the catalog (out-of-catalog
         evaluation). Each hit carries the calibrated verdict when the collection has a
         calibration, and the id of the image it shows."""
+        self.refresh_if_due()
         queries = np.asarray(query, dtype=np.float32).reshape(1, -1)
         options = self.config.search
         mean = self.centering.current(options.centering_min_queries) if center else None
@@ -336,7 +469,7 @@ class Collection:
             "has_text_tower": self.config.model.has_text_tower,
             "calibrated": isinstance(self.calibration, Calibration),
             "last_sync": self.ledger.last_sync(),
-            "source": asdict(self.config.source) if self.config.source else None,
+            "source": shown_source(self.config.source),  # no header values or tokens
             "created_at": self.config.created_at,
         }
 

@@ -44,7 +44,7 @@ def recalibrate(collection: Collection) -> calibration.Calibration | None:
             dim=dim,
             options=options,
             mean=mean if options.centering else None,
-            view_queries={i: q for i, q in queries.items() if q.size == dim},
+            photo_queries={i: q for i, q in queries.items() if q.size == dim},
             centering_queries=collection.centering.count,
             exclude=collection.calibration_exclude,
         )

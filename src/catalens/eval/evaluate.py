@@ -7,13 +7,13 @@ scored: recall@k (the right product within the first k), precision@k, MRR and mA
 right product per query, AP equals the reciprocal rank, so mAP equals MRR; both are
 reported because multi-label query sets make them differ.
 
-Calibrated verdicts (``calibration.py``) are scored too: the precision and recall of a
+Calibrated verdicts (``search/calibration.py``) are scored too: the precision and recall of a
 ``match`` verdict on the top result, and the false-match rate on out-of-catalog queries:
 queries whose product is not in the collection, or whose product is left out on purpose
 (``out_of_catalog``: a seeded share of the catalog is excluded at query time, as if it were
 not there; or ``"each"``: every in-catalog query is searched a second time with its own
 product left out, which uses every query once as an out-of-catalog one). Feeding confirmed
-photos first and scoring the loop is ``evalloop.py``.
+photos first and scoring the loop is ``eval/feedback_curve.py``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``catalens eval --simulate-feedback K --feedback-pool FILE.csv`` takes K labelled photos per
 product from the pool (e.g. grocery-dev's ``extra`` photos) and sends each through the real
 feedback path (``CatalensService.feedback``, verdict ``correct``), as a shopper confirming a
-result would; then it evaluates the queries as ``evaluate.py`` does. ``--curve 0,1,3,10``
+result would; then it evaluates the queries as ``eval/evaluate.py`` does. ``--curve 0,1,3,10``
 does that for several K and reports one row per K.
 
 Every point runs on a fresh copy of the collection (deleted afterwards), so the collection

@@ -238,37 +238,19 @@ def _extension(data: bytes) -> str:
     return "jpg" if kind == "jpeg" else kind
 
 
-# The names these had while "view" also meant a confirmed photo; the HTTP API keeps that word
-# (``/views/{view_id}``). Kept until service/, api/ and feedback/verdicts.py move over.
-ConfirmedView = ConfirmedPhoto
-ViewChange = PhotoChange
-list_views = list_photos
-add_view = add_photo
-remove_views = remove_photos
-remove_photo_view = remove_photo
-view_queries = photo_queries
-
 __all__ = [
-    "CONFIRMED",
     "CONFIRMING_VERDICTS",
     "ConfirmedPhoto",
-    "ConfirmedView",
     "PhotoChange",
-    "ViewChange",
     "add_negative",
     "add_photo",
-    "add_view",
     "confirmed_count",
     "enforce_cap",
     "list_photos",
-    "list_views",
     "negative_count",
     "photo_queries",
     "remove_photo",
-    "remove_photo_view",
     "remove_photos",
-    "remove_views",
     "require_product",
     "save_photo",
-    "view_queries",
 ]

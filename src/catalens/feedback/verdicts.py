@@ -5,14 +5,14 @@ the query log, the embedder, the lock shared with syncs). A verdict names a prod
 refers to a photo (a kept query by ``query_id``, or the photo's bytes):
 
 - ``correct`` (the product shown was right) and ``actually`` (it is this other product): the
-  photo becomes a confirmed view of the product (``confirmed_photos.py``);
+  photo becomes a confirmed photo of the product (``feedback/confirmed_photos.py``);
 - ``wrong`` (the product shown was not it): the query vector becomes a hard negative of the
-  product (``scoring.py`` penalises it for similar queries), and the photo stops being a view
-  of that product if it was one.
+  product (``search/scoring.py`` penalises it for similar queries), and the photo stops being a
+  confirmed photo of that product if it was one.
 
 A kept query brings its vectors along, so feedback embeds nothing; an image given directly is
 embedded like a search would (and counts as a query seen, for domain centering). The
-collection's calibration is refitted as confirmed views accrue (``collection/refit.py``).
+collection's calibration is refitted as confirmed photos accrue (``collection/refit.py``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from catalens.collection.collection import Collection
 from catalens.collection.refit import observe_query, refit_if_due
 from catalens.embedders.base import Embedder
 from catalens.errors import ConfigError, QueryNotFoundError
-from catalens.feedback import confirmed_photos as views
-from catalens.feedback.confirmed_photos import ConfirmedView
+from catalens.feedback import confirmed_photos as photos
+from catalens.feedback.confirmed_photos import ConfirmedPhoto
 from catalens.ingest.decode import ImageLimits, content_hash, decode_image
 from catalens.ledger.query_log import QueryLog, QueryVectors, model_key
 from catalens.search.query_crops import query_views
@@ -42,7 +42,7 @@ class FeedbackResult:
     verdict: str
     product_id: str
     query_id: str | None
-    view: ConfirmedView | None
+    view: ConfirmedPhoto | None
     """The confirmed view the photo is now (``correct``/``actually``)."""
     added: bool
     """Whether that view is new (the same photo confirmed twice is one view)."""
@@ -91,8 +91,8 @@ def give_feedback(
     with parts.lock:
         if verdict == "wrong":
             digest = content_hash(photo)
-            removed = tuple(views.remove_photo_view(collection, product_id, digest))
-            negative_id = views.add_negative(
+            removed = tuple(photos.remove_photo(collection, product_id, digest))
+            negative_id = photos.add_negative(
                 collection,
                 product_id,
                 vectors.query,
@@ -101,7 +101,7 @@ def give_feedback(
                 query_id=query_id,
             )
         else:
-            change = views.add_view(
+            change = photos.add_photo(
                 collection,
                 product_id,
                 photo=photo,

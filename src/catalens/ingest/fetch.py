@@ -138,17 +138,31 @@ class ImageFetcher:
         instead of being trusted; callers waiting on the same URL share one check.
         Ignored for local files, which are always read afresh.
         """
-        if is_url(ref):
+        self.check_ref(ref)
+        path = self.local_path(ref)
+        if path is None:
             return self._fetch_url(ref, revalidate=revalidate)
+        return self._fetch_local(ref, path)
+
+    def local_path(self, ref: str) -> Path | None:
+        """The file ``fetch(ref)`` reads, ``None`` for an http(s) URL; ``FetchError`` for a
+        ref it cannot fetch (another URL scheme, a ``file:`` URL on a remote host)."""
+        if is_url(ref):
+            return None
         if ref[:5].lower() == "file:":
-            return self._fetch_local(ref, _file_url_path(ref))
+            return _file_url_path(ref)
         scheme = _URL_SCHEME.match(ref)
         if scheme is not None:
             raise FetchError(ref, f"unsupported URL scheme {scheme.group(1)!r}")
         path = Path(ref)
         if not path.is_absolute() and self._base_dir is not None:
             path = self._base_dir / path
-        return self._fetch_local(ref, path)
+        return path
+
+    def check_ref(self, ref: str) -> None:
+        """Raise when this fetcher refuses ``ref`` whatever is behind it, before anything is
+        read or even looked at, so the refusal says nothing about what exists. This fetcher
+        refuses no ref up front; a confined one refuses paths outside its directories."""
 
     def fetch_many(
         self, refs: Iterable[str], *, lookahead: int | None = None, revalidate: bool = False

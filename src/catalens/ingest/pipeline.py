@@ -22,22 +22,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 
 from catalens.catalog.base import CatalogSource
-from catalens.collection.collection import ChangeSet, Collection, ImageChange
+from catalens.collection.collection import Collection
 from catalens.embedders.base import Embedder
 from catalens.embedders.preprocess import Preprocessing
-from catalens.errors import CatalensError, ModelError
+from catalens.errors import CatalensError, ModelError, TooManyRemovalsError
 from catalens.ingest.decode import ImageLimits, content_hash, decode_image
 from catalens.ingest.fetch import ImageFetcher
-from catalens.ledger.state import CollectionState, ImageRow
+from catalens.ledger.state import ChangeSet, CollectionState, ImageChange, ImageRow
 from catalens.refs import is_url
 from catalens.types import Product, ValidationReport
 
@@ -93,7 +94,9 @@ class IngestReport:
 
 
 @dataclass(frozen=True)
-class _Task:
+class ImageTask:
+    """One (product, image reference) of the source, with what the ledger knew of it."""
+
     product_id: str
     ref: str
     position: int
@@ -101,13 +104,29 @@ class _Task:
 
 
 @dataclass(frozen=True)
-class _Loaded:
-    task: _Task
+class LoadedImage:
+    """What loading one task found: its content hash and file stat, or why it failed."""
+
+    task: ImageTask
     content_hash: str | None = None
     pixels: NDArray[np.float32] | None = None
+    """The model input while its vector is still to be computed (in-process engine)."""
     file_size: int | None = None
     file_mtime_ns: int | None = None
     error: str | None = None
+    embedded: bool = False
+    """Its vector was not in the ledger: this run computes it (else it is reused)."""
+
+
+class LoadEngine(Protocol):
+    """Where a run loads and embeds its images: in this process (``Ingestor``'s threads,
+    the default) or on a cluster (``ray_engine.RayEngine``). An engine saves each vector it
+    computes to the ledger's vector cache as soon as it has it (so a killed run loses little)
+    and yields every task exactly once, in any order."""
+
+    def load_all(
+        self, ingestor: Ingestor, tasks: list[ImageTask], report: IngestReport
+    ) -> Iterator[LoadedImage]: ...
 
 
 @dataclass
@@ -128,6 +147,11 @@ class Ingestor:
     """Products absent from the source are removed (a full sync); off for partial upserts."""
     revalidate_urls: bool = False
     """Ask the server whether each cached image URL changed (a sync: same URL, new bytes)."""
+    engine: LoadEngine | None = None
+    """Where images are loaded and embedded; ``None``: this process's threads."""
+    max_removed_share: float | None = None
+    """With ``remove_missing``: refuse (``TooManyRemovalsError``, before anything is fetched or
+    changed) a run that would remove more than this share of the known products."""
 
     def __post_init__(self) -> None:
         # Large JPEGs decode at a reduced scale that still leaves the model full resolution.
@@ -150,7 +174,8 @@ class Ingestor:
         products = list(source)
         report.source = getattr(source, "report", None)
         report.products_seen = len(products)
-        tasks: list[_Task] = []
+        self._check_removals(known_products, products)
+        tasks: list[ImageTask] = []
         seen_refs: set[tuple[str, str]] = set()
         # A known product counts as updated only for a real change: its title, metadata or
         # image list here, or one of its images' content below.
@@ -162,10 +187,16 @@ class Ingestor:
             for position, ref in enumerate(dict.fromkeys(product.images)):
                 key = (product.id, ref)
                 seen_refs.add(key)
-                tasks.append(_Task(product.id, ref, position, previous.get(key)))
+                tasks.append(ImageTask(product.id, ref, position, previous.get(key)))
         report.images_seen = len(tasks)
 
-        for loaded in self._embed_all(tasks, report):
+        engine = self.engine
+        loading = (
+            self._embed_all(tasks, report)
+            if engine is None
+            else engine.load_all(self, tasks, report)
+        )
+        for loaded in loading:
             change = self._image_change(loaded, report)
             changes.images.append(change)
             if loaded.task.previous is not None and _image_differs(loaded.task.previous, change):
@@ -189,15 +220,30 @@ class Ingestor:
         report.seconds = time.perf_counter() - started
         return report
 
+    def _check_removals(self, known: AbstractSet[str], products: list[Product]) -> None:
+        if not self.remove_missing or self.max_removed_share is None or not known:
+            return
+        removed = len(known - {p.id for p in products})
+        if removed / len(known) > self.max_removed_share:
+            raise TooManyRemovalsError(
+                f"the source lists {len(products)} products and this run would remove "
+                f"{removed} of the collection's {len(known)} (more than max_removed_share "
+                f"{self.max_removed_share:.0%}); nothing was changed. Check the source and "
+                "its column options; if the catalog really shrank, run again with "
+                "--force-removals (library: force_removals=True)",
+                removed=removed,
+                known=len(known),
+            )
+
     # -- workers -------------------------------------------------------------------------
 
-    def _embed_all(self, tasks: list[_Task], report: IngestReport) -> Iterator[_Loaded]:
+    def _embed_all(self, tasks: list[ImageTask], report: IngestReport) -> Iterator[LoadedImage]:
         """Load every task in worker threads, embed new pixels in batches, yield in order."""
         known = self.collection.ledger.known_hashes(
             row.content_hash for row in (t.previous for t in tasks) if row and row.content_hash
         )
         known_lock = threading.Lock()
-        pending: list[_Loaded] = []
+        pending: list[LoadedImage] = []
         done = 0
         self.progress("embed", 0, len(tasks))
 
@@ -212,10 +258,10 @@ class Ingestor:
                 return True
             return False
 
-        def load(task: _Task) -> _Loaded:
+        def load(task: ImageTask) -> LoadedImage:
             return self._load(task, is_known)
 
-        all_local = all(_local_path(task.ref) is not None for task in tasks)
+        all_local = not any(is_url(task.ref) for task in tasks)
         workers = self.decode_workers if all_local else self.workers
         with ThreadPoolExecutor(workers, thread_name_prefix="catalens-load") as pool:
             for loaded in _bounded_map(pool, load, tasks, lookahead=self.batch_size * 3):
@@ -230,11 +276,11 @@ class Ingestor:
 
     def _flush_batch(
         self,
-        pending: list[_Loaded],
+        pending: list[LoadedImage],
         known: set[str],
         known_lock: threading.Lock,
         report: IngestReport,
-    ) -> Iterator[_Loaded]:
+    ) -> Iterator[LoadedImage]:
         # Several products may share one image: embed each new hash once per batch.
         fresh: dict[str, NDArray[np.float32]] = {}
         for item in pending:
@@ -246,45 +292,33 @@ class Ingestor:
             with known_lock:
                 known.update(fresh)
             report.images_embedded += len(fresh)
-        yield from pending
+        # One image per new hash counts as embedded; the others (the same bytes again, or
+        # bytes an earlier batch embedded after they were loaded) reuse its vector.
+        unclaimed = set(fresh)
+        for item in pending:
+            if item.embedded and item.content_hash in unclaimed:
+                unclaimed.discard(item.content_hash)
+            elif item.embedded:
+                item = replace(item, pixels=None, embedded=False)
+            yield item
 
-    def _load(self, task: _Task, is_known: Callable[[str], bool]) -> _Loaded:
-        previous = task.previous
-        local = _local_path(task.ref)
-        stat = None
-        if local is not None:
-            try:
-                stat = local.stat()
-            except OSError as exc:
-                return _Loaded(task, error=f"cannot read file: {exc.strerror or exc}")
-            if (
-                previous is not None
-                and previous.status == "ok"
-                and previous.content_hash
-                and previous.file_size == stat.st_size
-                and previous.file_mtime_ns == stat.st_mtime_ns
-            ):
-                return _Loaded(task, previous.content_hash, None, stat.st_size, stat.st_mtime_ns)
+    def _load(self, task: ImageTask, is_known: Callable[[str], bool]) -> LoadedImage:
+        loaded, data = read_image(task, self.fetcher, revalidate=self.revalidate_urls)
+        if data is None or loaded.content_hash is None or is_known(loaded.content_hash):
+            return loaded
         try:
-            if self.revalidate_urls and local is None:
-                fetched = self.fetcher.fetch(task.ref, revalidate=True)
-            else:
-                fetched = self.fetcher.fetch(task.ref)
-            digest = fetched.content_hash or content_hash(fetched.data)
-            size = stat.st_size if stat else None
-            mtime = stat.st_mtime_ns if stat else None
-            unchanged = previous is not None and previous.content_hash == digest
-            if unchanged or is_known(digest):
-                return _Loaded(task, digest, None, size, mtime)
-            image = decode_image(
-                fetched.data, source=task.ref, limits=self.limits, draft_size=self._draft_size
+            pixels = image_pixels(
+                data,
+                task.ref,
+                self.embedder.preprocess,
+                limits=self.limits,
+                draft_size=self._draft_size,
             )
-            pixels = self.embedder.preprocess(image)
-            return _Loaded(task, digest, pixels, size, mtime)
         except CatalensError as exc:
-            return _Loaded(task, error=str(exc))
+            return LoadedImage(task, error=str(exc))
+        return replace(loaded, pixels=pixels, embedded=True)
 
-    def _image_change(self, loaded: _Loaded, report: IngestReport) -> ImageChange:
+    def _image_change(self, loaded: LoadedImage, report: IngestReport) -> ImageChange:
         task, previous = loaded.task, loaded.task.previous
         if loaded.error is not None:
             report.failed.append(IngestFailure(task.product_id, task.ref, loaded.error))
@@ -311,7 +345,7 @@ class Ingestor:
         )
         if unchanged:
             report.images_unchanged += 1
-        elif loaded.pixels is None:
+        elif not loaded.embedded:
             report.images_reused += 1
         return ImageChange(
             task.product_id,
@@ -323,6 +357,63 @@ class Ingestor:
             loaded.file_size,
             loaded.file_mtime_ns,
         )
+
+
+def read_image(
+    task: ImageTask, fetcher: ImageFetcher, *, revalidate: bool = False
+) -> tuple[LoadedImage, bytes | None]:
+    """Identify one task's image: its content hash (or why it cannot be read), and its bytes
+    when they are not what the ledger already holds for this (product, ref); ``None`` when
+    unchanged or failed. An unchanged local file (same size and mtime) is not even read;
+    ``revalidate`` asks the server whether a cached URL changed."""
+    previous = task.previous
+    try:
+        # The fetcher decides first: a path it refuses (an untrusted source's file outside
+        # its directories) is not looked at, so the error does not tell whether it exists.
+        fetcher.check_ref(task.ref)
+        local = fetcher.local_path(task.ref)
+    except CatalensError as exc:
+        return LoadedImage(task, error=str(exc)), None
+    stat = None
+    if local is not None:
+        try:
+            stat = local.stat()
+        except OSError as exc:
+            return LoadedImage(task, error=f"cannot read file: {exc.strerror or exc}"), None
+        if (
+            previous is not None
+            and previous.status == "ok"
+            and previous.content_hash
+            and previous.file_size == stat.st_size
+            and previous.file_mtime_ns == stat.st_mtime_ns
+        ):
+            return LoadedImage(
+                task, previous.content_hash, None, stat.st_size, stat.st_mtime_ns
+            ), None
+    try:
+        fetched = fetcher.fetch(task.ref, revalidate=revalidate and local is None)
+    except CatalensError as exc:
+        return LoadedImage(task, error=str(exc)), None
+    digest = fetched.content_hash or content_hash(fetched.data)
+    size = stat.st_size if stat else None
+    mtime = stat.st_mtime_ns if stat else None
+    loaded = LoadedImage(task, digest, None, size, mtime)
+    if previous is not None and previous.content_hash == digest:
+        return loaded, None
+    return loaded, fetched.data
+
+
+def image_pixels(
+    data: bytes,
+    ref: str,
+    preprocess: Callable[[Image.Image], NDArray[np.float32]],
+    *,
+    limits: ImageLimits,
+    draft_size: tuple[int, int] | None,
+) -> NDArray[np.float32]:
+    """Decode image bytes safely (``limits``; a large JPEG at ``draft_size``) and turn them
+    into the model's input; raises ``CatalensError`` for bytes that are not a usable image."""
+    return preprocess(decode_image(data, source=ref, limits=limits, draft_size=draft_size))
 
 
 def _changed_products(
@@ -362,14 +453,6 @@ def _image_differs(previous: ImageRow, change: ImageChange) -> bool:
         change.status,
         change.error,
     )
-
-
-def _local_path(ref: str) -> Path | None:
-    if is_url(ref):
-        return None
-    if ref.startswith("file://"):
-        return Path(ref[len("file://") :])
-    return Path(ref)
 
 
 def _bounded_map(

@@ -5,9 +5,11 @@ query vector the search used (zoom views averaged: what a hard negative records)
 photo's single plain view (what a confirmed photo is stored as, comparable with catalog
 vectors). Feedback then needs no second upload and no second embedding.
 
-The log is one sqlite file (``<home>/queries.sqlite``), shared by every collection and every
-worker process. Queries older than ``retention_seconds``, and all but the newest
-``retention_max``, are forgotten on every write.
+``QueryLog`` is the interface; ``SqliteQueryLog`` keeps the log in one sqlite file
+(``<home>/queries.sqlite``), shared by every collection and every worker process of one
+machine, and ``pg_query_log.PgQueryLog`` in a PostgreSQL database shared by every replica.
+Queries older than ``retention_seconds``, and all but the newest ``retention_max``, are
+forgotten on every write.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,8 +66,41 @@ class KeptQuery:
     image: bytes
 
 
-class QueryLog:
-    """Thread-safe; several processes may share the file."""
+class QueryLog(Protocol):
+    """Kept photo queries. Implementations are thread-safe and may be shared by processes."""
+
+    retention_seconds: float
+    retention_max: int
+
+    @property
+    def enabled(self) -> bool:
+        """Whether queries are kept at all."""
+        ...
+
+    def keep(
+        self, image: bytes, vectors: dict[str, QueryVectors], *, now: float | None = None
+    ) -> str | None:
+        """Keep a photo and its vectors (by model key); its new ``query_id``, or ``None``
+        when queries are not kept."""
+        ...
+
+    def get(
+        self, query_id: str, *, now: float | None = None
+    ) -> tuple[KeptQuery, dict[str, QueryVectors]] | None:
+        """The kept photo and its vectors, or ``None`` when unknown or expired."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def new_query_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+class SqliteQueryLog:
+    """The log in one sqlite file; thread-safe; several processes may share the file."""
 
     def __init__(
         self, path: Path, *, retention_seconds: float = 3600.0, retention_max: int = 1000
@@ -104,7 +140,7 @@ class QueryLog:
         when queries are not kept."""
         if not self.enabled:
             return None
-        query_id = secrets.token_urlsafe(12)
+        query_id = new_query_id()
         created = time.time() if now is None else now
         with self._lock:
             db = self._conn()
@@ -152,7 +188,7 @@ class QueryLog:
                 "SELECT model, query, plain FROM query_vectors WHERE query_id = ?", (query_id,)
             ).fetchall()
         vectors = {
-            str(key): QueryVectors(_array(query), _array(plain)) for key, query, plain in rows
+            str(key): QueryVectors(as_array(query), as_array(plain)) for key, query, plain in rows
         }
         return KeptQuery(query_id, float(row[0]), bytes(row[1])), vectors
 
@@ -162,5 +198,6 @@ class QueryLog:
         return int(count)
 
 
-def _array(blob: bytes) -> NDArray[np.float32]:
+def as_array(blob: bytes) -> NDArray[np.float32]:
+    """A kept vector, as a writable array."""
     return from_blob(blob).copy()

@@ -464,7 +464,3 @@ class SqliteState:
         else:
             rows = self._query("SELECT COUNT(*) FROM negatives WHERE product_id = ?", (product_id,))
         return int(rows[0][0])
-
-
-Ledger = SqliteState
-"""The name this class had before the state seam (``CollectionState``) existed."""

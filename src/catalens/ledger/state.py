@@ -4,8 +4,8 @@
 config, products, product images, the vector cache (content hash -> embedding), confirmed
 photos (shopper photos that feedback made one more image of a product) with their
 provenance and bytes, hard negatives, the calibration, the domain (query) mean, the
-last-sync report and the generation counter. ``sqlite.SqliteState`` implements it; any other
-implementation must pass ``tests/contract/test_state_contract.py``.
+last-sync report and the generation counter. ``sqlite.SqliteState`` and ``pg_state.PgState``
+implement it; any other implementation must pass ``tests/contract/test_state_contract.py``.
 
 Signatures use only the frozen records below, plain Python values, JSON-able mappings and
 numpy arrays, so an implementation may keep them anywhere (a file, a server).

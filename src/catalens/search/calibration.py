@@ -127,7 +127,7 @@ def fit(
     dim: int,
     options: SearchOptions,
     mean: NDArray[np.float32] | None,
-    view_queries: dict[int, NDArray[np.float32]],
+    photo_queries: dict[int, NDArray[np.float32]],
     max_queries: int = 400,
     target_fpr: float = 0.05,
     ambiguous_probability: float = 0.15,
@@ -136,7 +136,7 @@ def fit(
     exclude: AbstractSet[str] = frozenset(),
 ) -> Calibration | None:
     """Fit a calibration from the collection's images (see the module docstring); ``None``
-    when there is not enough to fit one. ``view_queries``: confirmed photo image id -> the
+    when there is not enough to fit one. ``photo_queries``: confirmed photo image id -> the
     query vector its photo was searched with; ``exclude``: products fitted as if not in the
     catalog (an evaluation that leaves them out)."""
     ids, codes, vectors, confirmed = _load(state, dim, exclude)
@@ -163,7 +163,7 @@ def fit(
     lpo_top: list[NDArray[np.float64]] = []
     for row in held:
         product = codes[row]
-        query = view_queries.get(int(ids[row]), vectors[row])
+        query = photo_queries.get(int(ids[row]), vectors[row])
         q = query if mean is None else l2_normalize((query - mean).reshape(1, -1))[0]
         q = np.asarray(q, dtype=np.float64)
         sims = centred @ q

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -116,26 +116,82 @@ def query_views(
     return query, plain
 
 
+def fold_mean(
+    count: int, mean: NDArray[np.float64], n: int, batch_mean: NDArray[np.float64], window: int
+) -> tuple[int, NDArray[np.float64]]:
+    """The running mean after ``n`` more queries whose mean is ``batch_mean``, as if they
+    came one by one: exact while the mean is cumulative (under ``window`` queries), and exact
+    for identical queries beyond it (the EMA's weights depend on the order otherwise)."""
+    if n <= 0:
+        return count, mean
+    cumulative = max(0, min(n, window - count))
+    keep = count / (count + cumulative) if cumulative else 1.0
+    keep *= (1.0 - 1.0 / window) ** (n - cumulative)
+    return count + n, keep * mean + (1.0 - keep) * batch_mean
+
+
 @dataclass
 class DomainCentering:
-    """A running (exponentially weighted) mean of query embeddings. Thread-safe."""
+    """A running (exponentially weighted) mean of query embeddings. Thread-safe.
+
+    With several processes serving one collection (replicas, workers), each observes its own
+    queries at once and keeps their sum aside (``pending``); ``fold`` merges that into the
+    shared mean every few seconds, so no query costs a write."""
 
     dim: int
     window: int = 2000
     count: int = 0
     mean: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _pending: int = field(default=0, repr=False)
+    _pending_sum: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def __post_init__(self) -> None:
         if self.mean.size != self.dim:
             self.mean = np.zeros(self.dim, dtype=np.float64)
+        self._pending_sum = np.zeros(self.dim, dtype=np.float64)
+
+    @property
+    def pending(self) -> int:
+        """Queries observed here and not yet folded into the shared mean."""
+        with self._lock:
+            return self._pending
 
     def observe(self, query: NDArray[np.float32]) -> None:
+        vector = np.asarray(query, dtype=np.float64)
         with self._lock:
             self.count += 1
             # Cumulative mean at first, then an EMA so the mean follows the current cameras.
             rate = 1.0 / min(self.count, self.window)
-            self.mean += rate * (np.asarray(query, dtype=np.float64) - self.mean)
+            self.mean += rate * (vector - self.mean)
+            self._pending += 1
+            self._pending_sum += vector
+
+    def fold(self, shared: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Merge the queries observed here since the last fold into ``shared`` (the mean
+        as persisted, which other processes fold into too) and return the merged mean to
+        persist. This object then follows the merged mean, plus what it observes meanwhile.
+
+        The caller holds a lock across reading ``shared`` and writing the result back."""
+        base_count, base_mean = 0, np.zeros(self.dim, dtype=np.float64)
+        if shared:
+            values = np.asarray(shared.get("mean", ()), dtype=np.float64)
+            if values.size == self.dim:
+                base_count, base_mean = int(shared.get("count", 0)), values
+        with self._lock:
+            n, total = self._pending, self._pending_sum.copy()
+        count, mean = fold_mean(base_count, base_mean, n, total / max(n, 1), self.window)
+        with self._lock:
+            self._pending -= n
+            self._pending_sum -= total
+            # Queries observed since the snapshot stay pending, and count here already.
+            late = self._pending
+            if not late:  # no rounding residue left behind
+                self._pending_sum[:] = 0.0
+            self.count, self.mean = fold_mean(
+                count, mean.copy(), late, self._pending_sum / max(late, 1), self.window
+            )
+        return {"count": count, "mean": mean.tolist()}
 
     def current(self, min_queries: int) -> NDArray[np.float32] | None:
         with self._lock:

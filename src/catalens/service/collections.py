@@ -1,5 +1,6 @@
-"""The collections under ``settings.collections_dir``: opened once and cached, created,
-copied and deleted with their folders (``CollectionRegistry``)."""
+"""Every collection this process can reach, by name (``CollectionRegistry``): those in folders
+under ``settings.collections_dir`` and, when ``settings.store`` names a PostgreSQL database,
+those in it (``collection_places``); opened once and cached, created, copied and deleted."""
 
 from __future__ import annotations
 
@@ -7,21 +8,18 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from catalens.collection.collection import (
-    Collection,
-    CollectionConfig,
-    SourceConfig,
-    StoreFactory,
-    check_name,
-    copy_collection_dir,
-    remove_collection_dir,
-)
+from catalens.collection.collection import Collection, StoreFactory
+from catalens.collection.config import CollectionConfig, SourceConfig, check_name
 from catalens.errors import AlreadyExistsError, CatalensError, CollectionNotFoundError
 from catalens.search.query_crops import SearchOptions
+from catalens.service.collection_places import CollectionPlace, Database, Folders
 from catalens.settings import Settings
 from catalens.types import ModelIdentity
+
+if TYPE_CHECKING:
+    from catalens.ledger.pg_registry import PgDatabase
 
 __all__ = ["CollectionRegistry", "CollectionSummary", "new_config"]
 
@@ -70,11 +68,28 @@ def new_config(
 
 
 class CollectionRegistry:
-    """Open collections by name, one object per collection. Thread-safe."""
+    """Open collections by name, one object per collection. Thread-safe.
 
-    def __init__(self, root: Path, store_factory: StoreFactory) -> None:
+    Collections live in folders under ``root`` and, with a ``database`` (``store`` is the
+    store string that names it), in that database too: a new collection goes there when its
+    store is ``store``. A name in both is the folder's."""
+
+    def __init__(
+        self,
+        root: Path,
+        store_factory: StoreFactory,
+        *,
+        database: PgDatabase | None = None,
+        store: str | None = None,
+    ) -> None:
         self.root = root
-        self._store_factory = store_factory
+        self.database = database
+        """The PostgreSQL database that holds collections (``None``: folders only)."""
+        self._places: list[CollectionPlace] = [Folders(root, store_factory)]
+        if database is not None:
+            if store is None:
+                raise ValueError("a registry with a database needs the store that names it")
+            self._places.append(Database(database, store, root, store_factory))
         self._open: dict[str, Collection] = {}
         self._lock = threading.RLock()
 
@@ -82,36 +97,48 @@ class CollectionRegistry:
         return self.root / check_name(name)
 
     def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if (p / "collection.json").is_file() and p.name[0] != "."
-        )
+        return sorted({name for place in self._places for name in place.names()})
+
+    def _place_of(self, name: str) -> CollectionPlace:
+        for place in self._places:
+            if place.holds(check_name(name)):
+                return place
+        raise CollectionNotFoundError(f"no collection named {name!r}")
 
     def get(self, name: str) -> Collection:
         with self._lock:
             cached = self._open.get(name)
+        # What another process changed is taken up here (at most every few 100 ms), outside
+        # the registry's lock: a reload must not hold up the other collections.
+        if cached is not None and cached.refresh_if_due():
+            return cached
+        with self._lock:
+            if cached is not None and self._open.get(name) is cached:
+                del self._open[name]  # deleted or replaced by another process
+                with cached.lock.write():  # its searches here end first
+                    cached.close()
+            cached = self._open.get(name)
             if cached is not None:
                 return cached
-            directory = self.directory(name)
-            if not (directory / "collection.json").is_file():
-                raise CollectionNotFoundError(f"no collection named {name!r}")
-            opened = Collection.open(directory, self._store_factory)
+            opened = self._place_of(name).open(name)
             self._open[name] = opened
             return opened
 
     def create(self, name: str, config: Callable[[], CollectionConfig]) -> Collection:
         """A new collection; ``config`` is called (it may load the model) once the name is
         known to be free."""
-        directory = self.directory(name)
+        check_name(name)
         with self._lock:
-            if (directory / "collection.json").is_file():
-                raise AlreadyExistsError(f"collection {name!r} already exists")
-            created = Collection.create(directory, config(), self._store_factory)
+            self._check_free(name)
+            made = config()
+            place = next(p for p in self._places[::-1] if p.takes(made))
+            created = place.create(made)
             self._open[name] = created
             return created
+
+    def _check_free(self, name: str) -> None:
+        if any(place.holds(name) for place in self._places):
+            raise AlreadyExistsError(f"collection {name!r} already exists")
 
     def delete(self, name: str) -> None:
         try:
@@ -122,18 +149,23 @@ class CollectionRegistry:
             collection = None  # a store that cannot open is deleted with its folder
         with self._lock:
             self._open.pop(name, None)
+            place = self._place_of(name)
             if collection is not None:
-                with collection.lock.write():
+                with collection.writing():  # no other process writes it meanwhile
                     collection.store.drop()
                     collection.close()
-            remove_collection_dir(self.directory(name))
+            place.remove(name)
 
     def copy(self, name: str, new_name: str) -> Collection:
+        """A copy of ``name`` under ``new_name``, in the same place."""
         source = self.get(name)
-        with self._lock, source.lock.write():
-            source.save_query_mean()
-            source.ledger.checkpoint()
-            copy_collection_dir(source.directory, self.directory(new_name), new_name)
+        check_name(new_name)
+        with self._lock:
+            self._check_free(new_name)
+            place = self._place_of(name)
+            with source.writing():  # no other process writes it meanwhile
+                source.save_query_mean()
+                place.copy(source, new_name)
         return self.get(new_name)
 
     def summaries(self) -> list[CollectionSummary]:

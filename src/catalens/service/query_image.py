@@ -2,7 +2,7 @@
 
 Plain ``str`` and ``Path`` are refused: the service cannot tell a user's string from an
 operator's path. A ``RemoteURL`` is fetched only by ``QueryFetcher``, behind the address
-guard; a ``TrustedPath`` (``trusted.py``) is read from disk, and only CLI and library code
+guard; a ``TrustedPath`` (``service/trusted.py``) is read from disk, and only CLI and library code
 can build one.
 """
 

@@ -21,28 +21,29 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from catalens.catalog.base import CatalogSource
-from catalens.collection.collection import ChangeSet, Collection, CollectionConfig, SourceConfig
+from catalens.collection.collection import Collection
+from catalens.collection.config import CollectionConfig, SourceConfig
 from catalens.collection.refit import recalibrate, refit_if_due
 from catalens.embedders.base import Embedder, embed_images
 from catalens.embedders.onnx_export import ExportResult
-from catalens.errors import CatalensError, ConfigError
-from catalens.feedback import confirmed_photos as views
-from catalens.feedback.confirmed_photos import ConfirmedView
+from catalens.errors import ConfigError, NoSourceError
+from catalens.feedback import confirmed_photos as photos
+from catalens.feedback.confirmed_photos import ConfirmedPhoto
 from catalens.feedback.verdicts import FeedbackParts, FeedbackResult, Verdict, give_feedback
 from catalens.ingest.decode import ImageLimits
 from catalens.ingest.fetch import ImageFetcher
-from catalens.ingest.pipeline import Ingestor, IngestReport, Progress
-from catalens.ledger.query_log import QueryLog
+from catalens.ingest.pipeline import Ingestor, IngestReport, LoadEngine, Progress
+from catalens.ledger.state import ChangeSet
 from catalens.search.calibration import Calibration
-from catalens.service import models, query_image
+from catalens.service import models, query_image, sources
 from catalens.service.collections import CollectionRegistry, CollectionSummary, new_config
 from catalens.service.query_image import QueryFetcher, QueryImage, check_query_image, draft_size
 from catalens.service.search import embed_text, search_collections
 from catalens.service.sources import check_source, is_rest, open_source, sync_summary
-from catalens.service.stores import store_factory
+from catalens.service.stores import query_log, state_database, store_factory
 from catalens.service.trusted import TRUSTED_REFS, TrustedRefs
 from catalens.service.untrusted import UntrustedReads
-from catalens.service.upsert_refs import check_upsert_refs
+from catalens.service.upsert_refs import check_upsert_refs, guarded_fetcher
 from catalens.settings import Settings
 from catalens.types import Hit, Product, SearchResult
 
@@ -67,27 +68,25 @@ class CatalensService:
         self._lock = threading.RLock()
         self._ingest_locks: dict[str, threading.Lock] = {}
         self._model_locks: dict[str, threading.Lock] = {}
-        self.collections = CollectionRegistry(settings.collections_dir, store_factory(settings))
+        self.database = state_database(settings)
+        """The PostgreSQL database that holds collections when ``settings.store`` names one
+        (``ledger.pg_registry.PgDatabase``: ``dsn``, ``pool``); ``None`` with ``faiss``."""
+        self.collections = CollectionRegistry(
+            settings.collections_dir,
+            store_factory(settings),
+            database=self.database,
+            store=settings.store,
+        )
         self.limits = ImageLimits(
             max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
         )
-        self.fetcher = fetcher or ImageFetcher(
-            settings.cache_dir / "downloads",
-            workers=settings.download_workers,
-            timeout=settings.download_timeout,
-            retries=settings.download_retries,
-            max_bytes=settings.max_image_bytes,
-        )
+        self.fetcher = fetcher or operator_fetcher(settings)
         """Fetches catalog images: any local path or URL the operator's catalog names."""
         self.query_fetcher = query_fetcher or QueryFetcher(settings)
         """Fetches ``RemoteURL`` queries, behind the address guard."""
         self.untrusted = UntrustedReads(settings)
         """Reads what the HTTP API names: upserted images, its sources and their images."""
-        self.queries = QueryLog(
-            settings.home / "queries.sqlite",
-            retention_seconds=settings.query_retention_seconds,
-            retention_max=settings.query_retention_max,
-        )
+        self.queries = query_log(settings, self.database)
 
     def export_model(
         self, spec: str | None = None, *, quantize: str | None = None, force: bool = False
@@ -101,6 +100,8 @@ class CatalensService:
         self.fetcher.close()
         self.query_fetcher.close()
         self.queries.close()
+        if self.database is not None:
+            self.database.close()
 
     # -- models --------------------------------------------------------------------------
 
@@ -192,13 +193,20 @@ class CatalensService:
         store: str | None = None,
         force: bool = False,
         progress: Progress | None = None,
+        force_removals: bool = False,
+        engine: str = "local",
+        ray_address: str | None = None,
     ) -> IngestReport:
-        """Bring collection ``name`` in line with ``source`` (or its configured source).
-
-        Creates the collection when it does not exist; ``force`` rebuilds it from scratch.
-        A sync (no ``source`` given) or a REST source revalidates cached image URLs, so an
-        image changed behind the same URL is seen.
+        """Bring collection ``name`` in line with ``source`` (or its configured source; what a
+        given source leaves out is taken from it). Creates the collection when it does not
+        exist; ``force`` rebuilds it from scratch, ``force_removals`` lets the run remove more
+        than ``max_removed_share`` of the products. A sync (no ``source``) or a REST source
+        revalidates cached image URLs, so an image changed behind the same URL is seen.
+        ``engine`` loads and embeds the images in this process (``local``) or on a Ray
+        cluster (``ray``, the ``ray`` extra: ``ray_address``, or a local cluster).
         """
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"unknown ingest engine {engine!r}: use local or ray")
         syncing = source is None
         with self._ingest_lock(name):
             exists = name in self.collection_names()
@@ -212,10 +220,9 @@ class CatalensService:
                 if source is None:
                     source = collection.config.source
                     if source is None:
-                        raise ConfigError(f"collection {name!r} has no source configured")
+                        raise NoSourceError(f"collection {name!r} has no source configured")
+                source = sources.with_stored_options(source, collection.config.source)
                 catalog = self._open_source(source)
-                if source != collection.config.source:
-                    collection.update_source(source)
             else:
                 if source is None:
                     raise ConfigError(f"collection {name!r} does not exist: give a --source")
@@ -233,7 +240,12 @@ class CatalensService:
             fetcher = self.untrusted.fetcher() if source.untrusted else self.fetcher
             ingestor = self._ingestor(collection, progress, fetcher)
             ingestor.revalidate_urls = syncing or is_rest(source)
+            ingestor.max_removed_share = None if force_removals else self.settings.max_removed_share
+            if engine == "ray":
+                ingestor.engine = self._ray_engine(collection, source.untrusted, ray_address)
             report = ingestor.run(catalog)
+            if source != collection.config.source:  # kept once it was read (and allowed)
+                collection.update_source(source)
             collection.ledger.set_last_sync(sync_summary(report))
             collection.ledger.prune_vectors()
             if report.products_added or report.products_removed or report.images_embedded:
@@ -302,6 +314,20 @@ class CatalensService:
             ingestor.progress = progress
         return ingestor
 
+    def _ray_engine(
+        self, collection: Collection, untrusted: bool, address: str | None
+    ) -> LoadEngine:
+        # Imported here: ray is an optional extra, needed only for --engine ray.
+        from catalens.ingest.ray_engine import RayEngine
+
+        # Workers make their own model and fetcher from these (the settings travel pickled).
+        fetchers = guarded_fetcher if untrusted else operator_fetcher
+        return RayEngine(
+            embedder_factory=partial(self._load_embedder, collection.config.model_spec),
+            fetcher_factory=partial(fetchers, self.settings),
+            address=address,
+        )
+
     def _open_source(self, source: SourceConfig) -> CatalogSource:
         client = self.untrusted.rest_client() if source.untrusted else None
         return open_source(source, self.settings, rest_client=client)
@@ -346,13 +372,13 @@ class CatalensService:
             recalibrate=recalibrate,
         )
 
-    def confirmed_views(self, name: str, product_id: str | None = None) -> list[ConfirmedView]:
+    def confirmed_views(self, name: str, product_id: str | None = None) -> list[ConfirmedPhoto]:
         """The confirmed views of one product (``ProductNotFoundError`` if there is no such
         product), or of every product."""
         collection = self.collection(name)
         if product_id is not None:
-            views.require_product(collection, product_id)
-        return views.list_views(collection, product_id)
+            photos.require_product(collection, product_id)
+        return photos.list_photos(collection, product_id)
 
     def remove_views(
         self, name: str, product_id: str, view_ids: Sequence[int] | None = None
@@ -360,7 +386,7 @@ class CatalensService:
         """Remove confirmed views of a product (all with ``view_ids=None``); ids removed."""
         collection = self.collection(name)
         with self._ingest_lock(name):  # feedback and syncs of a collection take turns
-            removed = views.remove_views(
+            removed = photos.remove_photos(
                 collection, product_id, None if view_ids is None else list(view_ids)
             )
             if removed:
@@ -477,6 +503,17 @@ class CatalensService:
         return SearchResult(query_id=query_id, hits=found.hits)
 
 
+def operator_fetcher(settings: Settings) -> ImageFetcher:
+    """The fetcher of the operator's catalogs: any local path or URL, one download cache."""
+    return ImageFetcher(
+        settings.cache_dir / "downloads",
+        workers=settings.download_workers,
+        timeout=settings.download_timeout,
+        retries=settings.download_retries,
+        max_bytes=settings.max_image_bytes,
+    )
+
+
 def build_service(settings: Settings | None = None) -> CatalensService:
     """Compose catalens from settings: the one place the object graph is wired."""
     resolved = settings or Settings()
@@ -486,7 +523,6 @@ def build_service(settings: Settings | None = None) -> CatalensService:
 
 __all__ = [
     "ALL",
-    "CatalensError",
     "CatalensService",
     "CollectionSummary",
     "build_service",

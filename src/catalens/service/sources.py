@@ -2,26 +2,32 @@
 
 A source named over the HTTP API (``SourceConfig.untrusted``) is checked each time it is
 opened (``check_source``): a local catalog only under ``api_local_image_dirs``, a REST URL
-past the address guard, whose pages are then read through a guarded client.
+past the address guard, whose pages are then read through a guarded client. Secrets are the
+operator's: a source names a declared credential (``options.credential``, see
+``Settings.source_credentials``), resolved into a header only when the source is opened.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from catalens.catalog import ColumnMapping, RestSource, open_catalog
 from catalens.catalog.base import CatalogSource
-from catalens.collection.collection import SourceConfig
+from catalens.collection.config import SourceConfig
 from catalens.errors import BlockedURLError, ConfigError, FetchError
 from catalens.ingest.pipeline import IngestReport
 from catalens.refs import is_url
 from catalens.service.upsert_refs import address_guard, check_local_path, local_path
-from catalens.settings import Settings
+from catalens.settings import Settings, SourceCredential
 
-__all__ = ["check_source", "is_rest", "open_source", "sync_summary"]
+__all__ = ["check_source", "is_rest", "open_source", "sync_summary", "with_stored_options"]
+
+CREDENTIAL = "credential"
+"""The source option that names an operator-declared credential."""
 
 
 def open_source(
@@ -35,30 +41,60 @@ def open_source(
     mapping = ColumnMapping(**source.mapping) if source.mapping else None
     if source.untrusted:
         check_source(source, settings)
-        if is_rest(source):
-            if rest_client is None:
-                raise ValueError("an untrusted REST source is read through a guarded client")
-            return RestSource(
-                source.location,
-                mapping=mapping,
-                options=source.options,
-                where=source.where,
-                client=rest_client,
-            )
+    options = _resolved_options(source, settings)
+    if source.untrusted and is_rest(source):
+        if rest_client is None:
+            raise ValueError("an untrusted REST source is read through a guarded client")
+        return RestSource(
+            source.location,
+            mapping=mapping,
+            options=options,
+            where=source.where,
+            client=rest_client,
+        )
     return open_catalog(
         source.location,
         format=source.format,  # type: ignore[arg-type]
         mapping=mapping,
         where=source.where,
-        options=source.options,
+        options=options,
     )
 
 
+def _resolved_options(source: SourceConfig, settings: Settings) -> dict[str, Any]:
+    """The options a catalog is opened with: a named credential becomes its header (set
+    last, so no ``headers`` option can replace it). Never stored: the config keeps the name."""
+    options = dict(source.options)
+    name = options.pop(CREDENTIAL, None)
+    if name is None:
+        return options
+    credential = _credential(source, settings, name)
+    value = credential.header_value()
+    if value is None:
+        where = f"the environment variable {credential.env}" if credential.env else "no value"
+        raise ConfigError(f"source credential {name!r} has no token: {where} is empty")
+    options["headers"] = {**dict(options.get("headers") or {}), credential.header: value}
+    return options
+
+
+def _credential(source: SourceConfig, settings: Settings, name: object) -> SourceCredential:
+    if not is_rest(source):
+        raise ConfigError("only a REST source can send a credential")
+    credential = settings.source_credentials.get(name) if isinstance(name, str) else None
+    if credential is None:
+        raise ConfigError(
+            f"no source credential {name!r} is declared: the operator declares them in "
+            "CATALENS_SOURCE_CREDENTIALS"
+        )
+    return credential
+
+
 def check_source(source: SourceConfig, settings: Settings) -> None:
-    """Refuse what a source named over the HTTP API may not make the server read: a REST
-    URL the address guard refuses (``BlockedURLError``), a REST token read from the
-    server's environment (``ConfigError``), or a local catalog outside
-    ``api_local_image_dirs`` (``BlockedPathError``)."""
+    """Refuse what a source named over the HTTP API may not make the server read or send:
+    a REST URL the address guard refuses (``BlockedURLError``), a token read from the
+    server's environment, a credential the operator did not declare for this URL
+    (``ConfigError``), or a local catalog outside ``api_local_image_dirs``
+    (``BlockedPathError``)."""
     if is_rest(source):
         try:
             address_guard(settings).check_url(source.location)
@@ -69,8 +105,14 @@ def check_source(source: SourceConfig, settings: Settings) -> None:
         if source.options.get("auth_token_env"):
             raise ConfigError(
                 "a source named over the HTTP API cannot take auth_token_env: the server's "
-                "environment is the operator's. Create the collection with the CLI (catalens "
-                "ingest), or send the token in the source's headers option"
+                "environment is the operator's. Name a credential the operator declared "
+                '(options: {"credential": NAME}, see CATALENS_SOURCE_CREDENTIALS)'
+            )
+        name = source.options.get(CREDENTIAL)
+        if name is not None and not _credential(source, settings, name).allows(source.location):
+            raise ConfigError(
+                f"source credential {name!r} may not be sent to {source.location}: the "
+                "operator lists the URLs it may go to (its urls)"
             )
         return
     path = local_path(source.location)
@@ -83,6 +125,23 @@ def check_source(source: SourceConfig, settings: Settings) -> None:
         settings.api_local_image_dirs,
         what=f"catalog {source.location!r}",
         hint="name an http(s) REST URL, or ingest the file with the CLI (catalens ingest)",
+    )
+
+
+def with_stored_options(source: SourceConfig, stored: SourceConfig | None) -> SourceConfig:
+    """A source given again for an existing collection, with what it leaves out taken from
+    the collection's stored source: its column ``mapping`` and ``where`` filter, and (the
+    same location) its ``format`` and ``options``. Re-running an ingest without the column
+    options it was created with must not read the catalog with other columns."""
+    if stored is None:
+        return source
+    same_place = source.location == stored.location
+    return replace(
+        source,
+        mapping=source.mapping if source.mapping is not None else stored.mapping,
+        where=source.where if source.where is not None else stored.where,
+        format=source.format if source.format is not None or not same_place else stored.format,
+        options=source.options if source.options or not same_place else stored.options,
     )
 
 

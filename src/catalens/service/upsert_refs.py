@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from catalens.errors import BlockedPathError
-from catalens.ingest.fetch import FetchedImage, ImageFetcher
+from catalens.ingest.fetch import ImageFetcher
 from catalens.ingest.url_guard import AddressGuard
 from catalens.refs import is_url
 from catalens.settings import Settings
@@ -82,7 +82,9 @@ def local_path(ref: str) -> Path | None:
 class ConfinedFetcher(ImageFetcher):
     """An ``ImageFetcher`` that reads a local file only under ``allowed_dirs`` (checked on
     every fetch, so a symlink changed since the upsert or the last sync is seen); anything
-    else is a ``BlockedPathError``, which an ingest records as a failed image."""
+    else is a ``BlockedPathError``, which an ingest records as a failed image. The check
+    (``check_ref``) comes before the file is looked at, so a refused path's error is the same
+    whether it exists or not."""
 
     def __init__(
         self,
@@ -105,11 +107,10 @@ class ConfinedFetcher(ImageFetcher):
         )
         self.allowed_dirs = tuple(allowed_dirs)
 
-    def fetch(self, ref: str, *, revalidate: bool = False) -> FetchedImage:
-        path = local_path(ref)
+    def check_ref(self, ref: str) -> None:
+        path = self.local_path(ref)  # the file ``fetch`` would read, exactly
         if path is not None:
             check_local_path(path, self.allowed_dirs, what=f"image {ref!r}")
-        return super().fetch(ref, revalidate=revalidate)
 
 
 def address_guard(settings: Settings) -> AddressGuard:

@@ -2,7 +2,8 @@
 
 Backends load lazily, so importing the protocol imports neither FAISS nor psycopg:
 ``FaissStore`` (``faiss_store``) and ``PgVectorStore`` (``pgvector_store``, needs the ``pg``
-extra). ``service.store_factory`` picks one per collection from its ``store`` string.
+extra). ``store_factory`` (``service/stores.py``) picks one per collection from its
+``store`` string.
 """
 
 from __future__ import annotations

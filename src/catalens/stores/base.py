@@ -69,6 +69,16 @@ class VectorStore(Protocol):
 
 
 @runtime_checkable
+class Reloads(Protocol):
+    """A store that keeps a copy in this process (FAISS) and must take up what another
+    process flushed; a store in a server (pgvector) is shared and has nothing to reload."""
+
+    def reload(self) -> bool:
+        """Load the newest flushed generation if another process wrote one; whether it did."""
+        ...
+
+
+@runtime_checkable
 class HoldsVectors(Protocol):
     """A store that keeps its vectors in memory can hand them back, which spares the
     query path a ledger read when it re-scores candidates (FAISS does; pgvector does not)."""

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from catalens.errors import ConfigError, StoreError
 from catalens.settings import IndexType
 from catalens.stores.faiss_files import (
+    MANIFEST,
     Generation,
     decode_array,
     directory_lock,
@@ -133,6 +134,8 @@ class FaissStore:
         self._flush_lock = threading.Lock()
         self._version = 0
         self._flushed_version = 0
+        self._manifest: bytes | None = None
+        """The manifest this store was loaded from or last wrote (``reload`` compares)."""
 
     @classmethod
     def open(cls, directory: Path, *, dim: int, options: FaissOptions) -> FaissStore:
@@ -150,6 +153,7 @@ class FaissStore:
                 generation = read_generation(directory)
                 if generation is not None:
                     store = cls._load(directory, dim, options, generation)
+                    store._manifest = _manifest_bytes(directory)
                     remove_stale(directory, keep=generation.names)
                     return store
         except OSError as exc:
@@ -293,12 +297,46 @@ class FaissStore:
             try:
                 with directory_lock(self._directory):
                     names = write_generation(self._directory, header, payloads)
+                    manifest = _manifest_bytes(self._directory)
                     remove_stale(self._directory, keep=names)
             except OSError as exc:
                 raise StoreError(f"{self._directory}: flush failed: {exc}") from exc
             with self._lock:
                 self._tag = tag
                 self._flushed_version = version
+                self._manifest = manifest
+
+    def reload(self) -> bool:
+        """Take up the generation another process flushed into this directory since this
+        store last loaded or wrote one (``stores.base.Reloads``); whether it did.
+
+        Cheap when nothing changed (the small manifest is read and compared). Changes made
+        here and not flushed yet are never thrown away: then nothing is reloaded."""
+        try:
+            current = _manifest_bytes(self._directory)
+        except OSError as exc:
+            raise StoreError(f"{self._directory}: cannot be read: {exc}") from exc
+        with self._lock:
+            if current is None or current == self._manifest:
+                return False
+        with self._flush_lock:
+            try:
+                with directory_lock(self._directory):
+                    manifest = _manifest_bytes(self._directory)
+                    generation = read_generation(self._directory)
+            except OSError as exc:
+                raise StoreError(f"{self._directory}: cannot be read: {exc}") from exc
+            if generation is None:
+                return False
+            fresh = FaissStore._load(self._directory, self._dim, self._options, generation)
+            with self._lock:
+                if self._version != self._flushed_version:
+                    return False
+                self._rows, self._engine, self._tag = fresh._rows, fresh._engine, fresh._tag
+                self._version += 1
+                self._flushed_version = self._version
+                self._manifest = manifest
+        return True
 
     def _snapshot(self, tag: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         live = self._rows.live()
@@ -317,6 +355,13 @@ class FaissStore:
             **self._engine.payloads(),
         }
         return header, payloads
+
+
+def _manifest_bytes(directory: Path) -> bytes | None:
+    try:
+        return (directory / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _decode_rows(files: dict[str, bytes], dim: int, count: int) -> _Rows:

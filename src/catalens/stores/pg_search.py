@@ -168,7 +168,7 @@ def set_ef_search(conn: Conn, ef_search: int) -> None:
 
 
 def filter_sql(product_filter: Mapping[str, Any], alias: str = "p") -> sql.Composable:
-    """A WHERE clause on ``products`` matching ``ledger.metadata_matches``.
+    """A WHERE clause on ``products`` matching ``ledger/state.py``'s ``metadata_matches``.
 
     Every key must match; a list means "any of these"; a value matches when its JSON is
     equal (containment, which the planner can estimate from column statistics) or its text
