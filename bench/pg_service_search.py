@@ -9,16 +9,18 @@ the store, the way an ingest writes them: vectors saved in the state's vector ca
 swap). The collection state is whatever the service opens for a DSN store: the sqlite ledger
 under ``CATALENS_HOME``, or the PostgreSQL state once it exists; the JSON names which.
 
-Then the same held-out queries, one at a time, on four paths that take turns in each round:
+Then the same held-out queries, one at a time, on the paths below, taking turns in each round:
 
 - ``pgvector k=10``: ``PgVectorStore.search`` for 10 neighbours (the pgvector-only figure);
 - ``pgvector k=512``: the same for the 512 candidates the service's centring re-rank asks for;
+- ``pgvector k=512 with the vectors``: ``search_with_vectors``, the candidates with their
+  stored vectors in one statement, as the re-rank reads them;
 - ``service, centring off``: ``CatalensService.search`` on a small JPEG upload (decode,
   embedding, candidates, product grouping, state reads for titles and previews, calibration);
 - ``service (default)``: the same with the domain-centring re-rank on (512 candidates
-  re-scored with their vectors from the state), as a collection runs after 8 photo queries;
-- two parts of the service path on their own: ``len(store)`` (asked once per search) and
-  reading the 512 candidates' vectors from the state (the centring re-rank's input).
+  re-scored with their vectors), as a collection runs after 8 photo queries;
+- two parts on their own: ``len(store)`` (asked once per search) and reading the 512
+  candidates' vectors from the state (what the re-rank read before the store returned them).
 
 The embedder is a stub that returns the query vector the bench sets (its cost is nil), so
 the service rows time everything but the model; bench/query_latency.py times the model.
@@ -58,6 +60,7 @@ from catalens.ledger.state import ChangeSet, ImageChange
 from catalens.service.service import CatalensService
 from catalens.settings import Settings
 from catalens.stores.pg_local import local_dsn, stop_local
+from catalens.stores.pgvector_store import PgVectorStore
 from catalens.types import ModelIdentity, Product
 
 STUB = Preprocessing(resize_shorter_side=8, crop=8, resize="squash")
@@ -253,6 +256,7 @@ def main() -> None:
         print(f"  built in {build_s:.1f}s", file=sys.stderr, flush=True)
         sizes = db_sizes(dsn)
         store = collection.store
+        assert isinstance(store, PgVectorStore)
         photo = small_jpeg()
         options = collection.config.search
 
@@ -271,6 +275,9 @@ def main() -> None:
         paths: dict[str, Callable[[int], object]] = {
             "pgvector k=10": lambda i: store.search(queries[i][None, :], 10),
             f"pgvector k={depth}": lambda i: store.search(queries[i][None, :], depth),
+            f"pgvector k={depth} with the vectors": lambda i: store.search_with_vectors(
+                queries[i], depth
+            ),
             "service, centring off": lambda i: service_search(queries[i], centring=False),
             "service (default)": lambda i: service_search(queries[i], centring=True),
             # Two parts of the service path on their own, to see where its time goes:

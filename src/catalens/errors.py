@@ -21,6 +21,7 @@ CLI/API layers prints or exits.
     │   ├── ModelMismatchError      a collection used with a model other than its own
     │   └── NoTextTowerError        a text query for a model that only embeds images
     ├── StoreError                  the vector store cannot be opened or written
+    ├── BusyError                   the server is at a limit of work in flight; try again later
     ├── CollectionNotFoundError     no collection of that name
     ├── ProductNotFoundError        no product of that id in the collection
     └── QueryNotFoundError          no kept query of that id (unknown or expired)
@@ -105,6 +106,16 @@ class NoTextTowerError(ModelError):
 
 class StoreError(CatalensError):
     """A vector store that cannot be opened, read or written."""
+
+
+class BusyError(CatalensError):
+    """Too much of some work is in flight (image decoding, URL fetches): refused now rather
+    than queued, so one kind of request cannot exhaust the server. ``retry_after``: seconds
+    after which a retry may succeed."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class CollectionNotFoundError(CatalensError):

@@ -124,6 +124,14 @@ class Settings(BaseSettings):
     # Images and downloads
     max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(default=50_000_000, ge=1)
+    max_query_pixels: int = Field(default=25_000_000, ge=1)
+    """The most pixels a query photo is decoded at (after a large JPEG's reduced-scale
+    decode, which a 48 MP phone photo passes): lower than ``max_image_pixels``, which
+    bounds catalog images, because anyone may send queries."""
+    decode_pixel_budget: int = Field(default=100_000_000, ge=1)
+    """Query pixels being decoded at once, in all (about 4 bytes each at the peak): a query
+    over it waits up to ``decode_wait_seconds``, then is refused as busy (HTTP 503)."""
+    decode_wait_seconds: float = Field(default=2.0, ge=0)
     download_workers: int = Field(default=8, ge=1)
     download_timeout: float = Field(default=10.0, gt=0)
     download_retries: int = Field(default=3, ge=0)
@@ -151,6 +159,17 @@ class Settings(BaseSettings):
     """At most this many searched photos are kept (the oldest go first; 0 keeps none)."""
     max_confirmed_views: int = Field(default=20, ge=1)
     """Confirmed shopper photos kept per product; past it the most redundant one goes."""
+    feedback_corroborations: int = Field(default=2, ge=0)
+    """A keyless verdict applies when this many distinct clients named the same product for
+    similar photos (``feedback/trust.py``); 0: only a keyed review applies them."""
+    feedback_similarity: float = Field(default=0.8, ge=0, le=1)
+    """How similar (cosine) corroborating photos must be."""
+    feedback_agree_rank: int = Field(default=0, ge=0)
+    """Off by default: a keyless ``correct``/``actually`` verdict also applies when its
+    product is among this many best products for the photo (docs/quality.md: risky)."""
+    feedback_keyless_per_minute: float = Field(default=6.0, ge=0)
+    """Keyless verdicts a client may send per minute (past the burst: 429, ``Retry-After``)."""
+    feedback_keyless_burst: int = Field(default=20, ge=1)
 
     # HTTP service (catalens serve)
     host: str = "127.0.0.1"
@@ -169,6 +188,10 @@ class Settings(BaseSettings):
     url_allowlist: tuple[str, ...] = ()
     """Hosts (or host:port) that search-by-URL may fetch even though they are internal."""
     url_fetch_timeout: float = Field(default=10.0, gt=0)
+    """The whole of one search-by-URL fetch (connect, headers, body, retries, redirects)."""
+    url_fetch_concurrency: int = Field(default=8, ge=1)
+    """Search-by-URL fetches at once; past it a URL search is refused as busy (HTTP 503)
+    at once, so slow hosts never hold the threads that uploads are searched on."""
     api_local_image_dirs: tuple[Path, ...] = ()
     """Directories whose files the HTTP API may make the server read (a JSON list in the
     environment): images of upserted products, a catalog file or folder given as a
@@ -180,7 +203,7 @@ class Settings(BaseSettings):
     """Sync every collection with a source this often (0: only on demand or webhook)."""
     job_stale_seconds: float = Field(default=30.0, gt=2.0)
     """A running sync whose process gave no sign of life for this long reads as failed
-    (its process writes it every 2 s; see api/jobs.py)."""
+    (its process writes it every 2 s, or a quarter of this when shorter; see api/jobs.py)."""
     rest_url: str | None = None
     """Seed 000's NESTJS_SERVER: the backend whose products feed the default collection."""
     source_credentials: dict[str, SourceCredential] = Field(default_factory=dict)

@@ -383,6 +383,63 @@ def test_negatives_go_with_their_product(state: CollectionState) -> None:
     assert state.photo_bytes(ref) is None
 
 
+# -- pending verdicts ------------------------------------------------------------------------
+
+
+def test_pending_verdicts_wait_with_their_photo_and_go_with_their_product(
+    opener: Opener, state: CollectionState
+) -> None:
+    catalog(state)
+    generation = state.generation
+    first = state.add_pending(
+        "p1",
+        "actually",
+        photo=b"photo one",
+        content_hash="ph1",
+        client="10.0.0.1",
+        query_vector=vec(1, 0, 0, 0),
+        plain_vector=vec(0, 1, 0, 0),
+        user="ann",
+        query_id="q1",
+    )
+    second = state.add_pending(
+        "p2",
+        "wrong",
+        photo=b"photo two",
+        content_hash="ph2",
+        client="10.0.0.2",
+        query_vector=vec(0, 0, 1, 0),
+        plain_vector=vec(0, 0, 0, 1),
+    )
+    assert first != second
+    # Recording a verdict changes nothing searchable.
+    assert state.generation == generation and state.confirmed_count() == 0
+    state = opener.reopen(state)
+    rows = state.pending_verdicts()
+    assert [(r.pending_id, r.product_id, r.verdict, r.client) for r in rows] == [
+        (first, "p1", "actually", "10.0.0.1"),
+        (second, "p2", "wrong", "10.0.0.2"),
+    ]
+    one = rows[0]
+    assert (one.content_hash, one.user, one.query_id) == ("ph1", "ann", "q1")
+    assert (rows[1].user, rows[1].query_id) == (None, None)
+    assert one.created_at > 0
+    np.testing.assert_array_equal(one.query_vector, vec(1, 0, 0, 0))
+    np.testing.assert_array_equal(one.plain_vector, vec(0, 1, 0, 0))
+    assert [r.pending_id for r in state.pending_verdicts("p2")] == [second]
+    assert [r.pending_id for r in state.pending_verdicts(content_hash="ph1")] == [first]
+    assert state.pending_verdicts("p1", content_hash="ph2") == []
+    assert state.pending_photo(first) == b"photo one"
+    assert state.pending_photo(second + 1000) is None
+    assert state.pending_count() == 2
+    assert state.remove_pending([first, second + 1000]) == 1
+    assert state.remove_pending([]) == 0
+    assert state.pending_photo(first) is None
+    assert state.pending_count() == 1
+    state.apply(ChangeSet(removed_products=["p2"]))
+    assert state.pending_verdicts() == [] and state.pending_count() == 0
+
+
 # -- config and small documents ----------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,3 +56,50 @@ def test_confirmed_photos_lift_recall(
     # The curve ran on copies: the collection itself is as ingested.
     listing = json.loads(_catalens(tmp_path, "collections", "--json").stdout)
     assert [(c["name"], c["images"]) for c in listing] == [("grocery", 81)]
+
+
+@pytest.mark.slow
+def test_keyless_feedback_resists_poisoning_and_keeps_the_honest_gain(
+    tmp_path: Path, grocery_dir: Path, mobilenet_dir: Path
+) -> None:
+    """Issue 13 item 4 on the packaged products' queries and photos (the whole gallery as
+    the catalog, as above): 300 keyless ``actually`` verdicts filing
+    photos under wrong products cost at most 2 points of recall@1, and honest keyless
+    feedback (K=10, one client per verdict) keeps at least 90% of the keyed K=10 gain."""
+    manifest = str(grocery_dir / "manifest.csv")
+    ingest = _catalens(
+        tmp_path,
+        *("ingest", "--collection", "grocery", "--source", manifest),
+        *("--model", str(mobilenet_dir), "--id-column", "item_id"),
+        *("--image-column", "image_path", "--where", "role=gallery"),
+    )
+    assert ingest.returncode == 0, ingest.stderr
+
+    def curve(*args: str) -> list[dict[str, Any]]:
+        run = _catalens(
+            tmp_path,
+            *("eval", "--collection", "grocery", "--queries", manifest),
+            *("--where", "role=query", "--where", "is_packaged_sku=1"),
+            *("--feedback-pool", manifest, "--pool-where", "role=extra"),
+            *("--pool-where", "is_packaged_sku=1", "--json", *args),
+        )
+        assert run.returncode == 0, run.stderr
+        points: list[dict[str, Any]] = json.loads(run.stdout)
+        return points
+
+    cold, keyed = curve("--curve", "0,10")
+    (honest,) = curve("--curve", "10", "--feedback-trust", "keyless")
+    (attacked,) = curve("--curve", "0", "--feedback-trust", "keyless", "--poison", "300")
+    assert attacked["poison_sent"] == 300
+    r1 = {
+        name: float(p["recall@1"])
+        for name, p in (
+            ("cold", cold),
+            ("keyed", keyed),
+            ("honest", honest),
+            ("attacked", attacked),
+        )
+    }
+    assert r1["keyed"] >= r1["cold"] + 0.1, r1
+    assert r1["attacked"] >= r1["cold"] - 0.02, r1
+    assert r1["honest"] - r1["cold"] >= 0.9 * (r1["keyed"] - r1["cold"]), r1

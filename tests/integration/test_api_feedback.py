@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from catalens.sample.catalog import SampleCatalog
 
@@ -62,7 +64,9 @@ def test_confirm_list_and_delete_views(client: httpx.Client, sample: SampleCatal
     view = done["view"]
     assert (view["product_id"], view["verdict"], view["user"]) == (product.id, "correct", "u1")
     assert view["query_id"] == query_id
-    assert client.get(view["url"]).content == photo
+    served = client.get(view["url"])  # re-encoded from the photo's pixels (issue 13 item 5)
+    assert served.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(served.content)).size == Image.open(io.BytesIO(photo)).size
 
     # The same photo sent again as base64: the same view.
     again = client.post(

@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from PIL import Image
 
 from catalens.collection.config import SourceConfig
 from catalens.ingest.pipeline import IngestReport
+from catalens.ingest.ray_engine import release_actors
 from catalens.sample.catalog import generate_sample_catalog
 from catalens.service.service import CatalensService, build_service
 from catalens.settings import Settings
@@ -30,7 +30,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(240)]
 
-PRODUCTS = 16
+PRODUCTS = 8
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,7 @@ def ray_address() -> Iterator[str]:
     try:
         yield str(ray.get_runtime_context().gcs_address)
     finally:
+        release_actors()
         ray.shutdown()
 
 
@@ -154,22 +155,19 @@ def _vectors_saved(home: Path) -> int:
     db = home / "collections" / "shop" / "catalog.sqlite"
     if not db.exists():
         return 0
-    try:
-        with sqlite3.connect(db, timeout=1) as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
-    except sqlite3.Error:
-        return 0
+    with sqlite3.connect(db, timeout=10) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
 
 
-def _variants(pristine: Path, root: Path, copies: int) -> Path:
-    """A catalog of ``copies`` slightly different variants of each sample image, one product
-    each: enough images that a kill lands while vectors are still being saved."""
+def _variants(pristine: Path, root: Path, images: int, copies: int) -> Path:
+    """A catalog of ``copies`` slightly different variants of ``images`` sample images, one
+    product each: every image new and unique."""
     rows = []
-    for source in sorted((pristine / "images").glob("p*.png")):
+    for source in sorted((pristine / "images").glob("p*.png"))[:images]:
         with Image.open(source) as image:
             pixels = image.convert("RGB")
         for copy in range(copies):
-            pixels.putpixel((0, 0), (copy * 40, 0, 0))
+            pixels.putpixel((0, 0), (copy * 40 + 1, 0, 0))
             path = root / f"{source.stem}-{copy}.png"
             pixels.save(path)
             rows.append([path.stem, path.stem, json.dumps([str(path)])])
@@ -180,17 +178,64 @@ def _variants(pristine: Path, root: Path, copies: int) -> Path:
     return root / "catalog.csv"
 
 
+BATCH = 2
+
+# A driver that stops for good once its first batch of vectors is saved (the engine reports
+# progress after each save): the test kills it there, at a known point, however loaded the
+# machine is. It sleeps a bounded time, so a test that died first leaves no process behind.
+PAUSING_DRIVER = """
+import sqlite3, sys, time
+from pathlib import Path
+from catalens.collection.config import SourceConfig
+from catalens.service.service import build_service
+from catalens.settings import Settings
+
+home, catalog, model, address, batch = sys.argv[1:6]
+db = Path(home) / "collections" / "shop" / "catalog.sqlite"
+
+def progress(stage, done, total):
+    if stage == "embed" and db.exists():
+        with sqlite3.connect(db, timeout=10) as conn:
+            if conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]:
+                (Path(home) / "paused").touch()
+                time.sleep(300)
+
+service = build_service(Settings(home=Path(home), model=model, batch_size=int(batch)))
+source = SourceConfig(location=catalog)
+service.ingest("shop", source, engine="ray", ray_address=address, progress=progress)
+"""
+
+
 def test_a_killed_driver_resumes_without_duplicates(
     service: CatalensService, pristine: Path, mobilenet_dir: Path, ray_address: str, tmp_path: Path
 ) -> None:
     (tmp_path / "variants").mkdir()
-    catalog = _variants(pristine, tmp_path / "variants", copies=5)
+    catalog = _variants(pristine, tmp_path / "variants", images=4, copies=2)
     source = SourceConfig(location=str(catalog))
     service.ingest("local", source)
     unique = len(set(_snapshot(service, "local")["hashes"]))
+    assert unique == 8
 
     home = tmp_path / "killed"
-    env = dict(os.environ, CATALENS_HOME=str(home), CATALENS_BATCH_SIZE="1")
+    home.mkdir()
+    script = tmp_path / "pausing_driver.py"
+    script.write_text(PAUSING_DRIVER)
+    args = [str(home), str(catalog), str(mobilenet_dir), ray_address, str(BATCH)]
+    with (tmp_path / "driver.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, str(script), *args], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 150
+        while not (home / "paused").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log_tail = (tmp_path / "driver.log").read_text()[-2000:]
+                pytest.fail(f"the driver did not stop after its first batch:\n{log_tail}")
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    saved = _vectors_saved(home)
+    assert saved == BATCH, "the killed driver saved exactly its first batch"
+
     cmd = [
         sys.executable,
         "-m",
@@ -198,29 +243,22 @@ def test_a_killed_driver_resumes_without_duplicates(
         "ingest",
         "--collection",
         "shop",
-        "--source",
-        str(catalog),
         "--model",
         str(mobilenet_dir),
         "--engine",
         "ray",
         "--ray-address",
         ray_address,
+        "--json",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 150
-    while _vectors_saved(home) < 1 and time.monotonic() < deadline:
-        assert proc.poll() is None, "the ingest finished before it could be killed"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    saved = _vectors_saved(home)
-    assert 0 < saved < unique, "the kill landed mid-run"
-
-    resumed = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True)
+    env = dict(os.environ, CATALENS_HOME=str(home), CATALENS_BATCH_SIZE=str(BATCH))
+    resumed = subprocess.run(
+        [*cmd, "--source", str(catalog)], env=env, capture_output=True, text=True, timeout=180
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads(resumed.stdout)
     assert report["images_embedded"] == unique - saved, "nothing embedded twice"
+    assert report["images_reused"] == saved
 
     reopened = build_service(Settings(home=home, model=str(mobilenet_dir)))
     try:

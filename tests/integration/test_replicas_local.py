@@ -10,19 +10,15 @@ connections, spread over the workers by the kernel).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+from serve_processes import call, within
+from serve_processes import catalens_serve as serve_process
 
 from catalens.sample.catalog import SampleCatalog
 from catalens.settings import Settings
@@ -31,59 +27,21 @@ COHERENT_WITHIN = 1.0
 """The functional deadline: a change is searched through every process within this."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def catalens_serve(settings: Settings, allowed: Path, *, workers: int, log: Path) -> Iterator[str]:
     """``catalens serve`` in a process of its own on ``settings.home``; its base URL."""
-    port = _free_port()
     env = {
-        **os.environ,
         "CATALENS_HOME": str(settings.home),
         "CATALENS_MODEL": settings.model,
         "CATALENS_API_LOCAL_IMAGE_DIRS": json.dumps([str(allowed)]),
         "CATALENS_JOB_STALE_SECONDS": "5",
     }
-    command = [sys.executable, "-m", "catalens", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", str(workers)]
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-            try:
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)  # uvicorn stops its workers on SIGTERM
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _call(url: str, method: str, path: str, **kwargs: object) -> httpx.Response:
-    """One request on a fresh connection (with several workers, any may answer)."""
-    with httpx.Client(base_url=url, timeout=120) as client:
-        return client.request(method, path, **kwargs)  # type: ignore[arg-type]
+    with serve_process(env, log=log, workers=workers) as served:
+        yield served.url
 
 
 def _found(url: str, photo: bytes, product_id: str) -> bool:
-    response = _call(
+    response = call(
         url,
         "POST",
         "/v1/collections/demo/search",
@@ -96,15 +54,12 @@ def _found(url: str, photo: bytes, product_id: str) -> bool:
 
 def _within_deadline(check: Callable[[], bool]) -> None:
     """``check`` comes true before the deadline (a check begun in time counts)."""
-    deadline = time.monotonic() + COHERENT_WITHIN
-    while not check():
-        assert time.monotonic() < deadline, f"not seen within {COHERENT_WITHIN} s"
-        time.sleep(0.05)
+    within(COHERENT_WITHIN, check)
 
 
 def _upsert(url: str, product_id: str, image: Path) -> None:
     body = {"id": product_id, "title": product_id, "images": [str(image)]}
-    response = _call(url, "PUT", "/v1/collections/demo/products", json=body)
+    response = call(url, "PUT", "/v1/collections/demo/products", json=body)
     assert response.status_code == 200, response.text
 
 
@@ -117,20 +72,20 @@ def _exercise(first: str, second: str, sample: SampleCatalog) -> None:
     _upsert(first, "extra-1", image)
     for url in (second, first):
         _within_deadline(lambda url=url: _found(url, photo, "extra-1"))
-    assert _call(second, "DELETE", "/v1/collections/demo/products/extra-1").status_code == 200
+    assert call(second, "DELETE", "/v1/collections/demo/products/extra-1").status_code == 200
     for url in (first, second):
         _within_deadline(lambda url=url: not _found(url, photo, "extra-1"))
 
-    started = _call(first, "POST", "/v1/collections/demo/sync")
+    started = call(first, "POST", "/v1/collections/demo/sync")
     assert started.status_code == 202, started.text
     job_id = started.json()["id"]
-    seen = _call(second, "GET", f"/v1/jobs/{job_id}")
+    seen = call(second, "GET", f"/v1/jobs/{job_id}")
     assert seen.status_code == 200 and seen.json()["collection"] == "demo"
     deadline = time.monotonic() + 120
-    while _call(second, "GET", f"/v1/jobs/{job_id}").json()["state"] not in ("succeeded",):
-        assert time.monotonic() < deadline, _call(second, "GET", f"/v1/jobs/{job_id}").text
+    while call(second, "GET", f"/v1/jobs/{job_id}").json()["state"] not in ("succeeded",):
+        assert time.monotonic() < deadline, call(second, "GET", f"/v1/jobs/{job_id}").text
         time.sleep(0.2)
-    assert job_id in {j["id"] for j in _call(second, "GET", "/v1/jobs").json()["jobs"]}
+    assert job_id in {j["id"] for j in call(second, "GET", "/v1/jobs").json()["jobs"]}
 
     ids = [f"both-{i}" for i in range(8)]
     errors: list[BaseException] = []
@@ -153,7 +108,7 @@ def _exercise(first: str, second: str, sample: SampleCatalog) -> None:
     expected = len(sample.products) + len(ids)
     for url in (first, second, first, second):
         _within_deadline(
-            lambda url=url: _call(url, "GET", "/v1/collections/demo").json()["products"] == expected
+            lambda url=url: call(url, "GET", "/v1/collections/demo").json()["products"] == expected
         )
     for i, pid in enumerate(ids):
         photo = sample.products[i % len(sample.products)].images[0].read_bytes()

@@ -378,7 +378,7 @@ def test_headers_and_token_from_the_environment() -> None:
         list(wrong)
     custom = {"auth_token_env": "T", "auth_header": "X-Api-Key"}
     source = RestSource(URL, options=custom, client=client, environ={"T": "k"})
-    assert source._settings.headers == {"X-Api-Key": "k"}
+    assert source._settings.token_headers == {"X-Api-Key": "k"}
 
 
 @pytest.mark.parametrize(

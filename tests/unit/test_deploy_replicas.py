@@ -4,6 +4,7 @@ health checks on /ready, the Ray head and worker, the models made once and mount
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from catalens.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -44,6 +47,20 @@ def _default(value: str) -> str:
     """``${VAR:-default}`` -> ``default`` (what compose uses when VAR is unset)."""
     match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
     return match.group(1) if match else value
+
+
+def _interpolate(value: str, environ: dict[str, str]) -> str:
+    """Compose's ``${VAR:?message}`` (required) and ``${VAR:-default}``, as compose reads them."""
+
+    def one(match: re.Match[str]) -> str:
+        name, kind, rest = match.group(1), match.group(2), match.group(3)
+        if environ.get(name):
+            return environ[name]
+        if kind == ":?":
+            raise LookupError(rest)
+        return rest
+
+    return re.sub(r"\$\{(\w+)(:\?|:-)([^}]*)\}", one, value)
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -89,6 +106,20 @@ def test_every_process_shares_one_dsn(compose: dict[str, Any]) -> None:
     keys = {_env(services[name])["CATALENS_API_KEYS"] for name in API}
     assert len(keys) == 1
     assert "${CATALENS_API_KEY:?" in keys.pop()
+
+
+def test_every_replica_requires_a_key(compose: dict[str, Any]) -> None:
+    """Served behind a published load balancer, no replica starts without an API key: compose
+    refuses an unset or empty CATALENS_API_KEY (no ``[]`` default, which would leave the write
+    and admin routes open), and a set one reaches every replica as a one-key list."""
+    for name in API:
+        keys = _env(compose["services"][name])["CATALENS_API_KEYS"]
+        for unset in ({}, {"CATALENS_API_KEY": ""}):
+            with pytest.raises(LookupError, match="set CATALENS_API_KEY"):
+                _interpolate(keys, unset)
+        resolved = json.loads(_interpolate(keys, {"CATALENS_API_KEY": "k-123"}))
+        assert resolved == ["k-123"]
+        assert Settings(api_keys=resolved).api_keys
 
 
 def test_replicas_are_stateless(compose: dict[str, Any]) -> None:

@@ -210,6 +210,16 @@ def test_draft_size_is_ignored_for_non_jpeg() -> None:
     assert img.size == (800, 800)
 
 
+def test_reduce_makes_any_format_small_by_a_whole_factor_but_not_below_target() -> None:
+    data = encode(Image.new("RGB", (3200, 2400), RED), "PNG")
+    img = decode_image(data, source="p", draft_size=(600, 600), reduce=True)
+    assert img.size == (800, 600)  # reduced by 4: 5 would leave 480 < 600 rows
+    assert img.getpixel((400, 300)) == RED
+    small = encode(Image.new("RGB", (800, 600), RED), "PNG")  # small images decode in full
+    assert decode_image(small, source="s", draft_size=(150, 150), reduce=True).size == (800, 600)
+    assert_plain_rgb(img)
+
+
 # --- broken files ----------------------------------------------------------------------------
 
 

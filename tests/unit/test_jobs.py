@@ -45,7 +45,9 @@ class FakeService:
     def collection_names(self) -> list[str]:
         return sorted(self.sources)
 
-    def sync(self, name: str, *, progress: Progress | None = None) -> IngestReport:
+    def sync(
+        self, name: str, *, progress: Progress | None = None, force_removals: bool = False
+    ) -> IngestReport:
         self.calls[name] += 1
         assert progress is not None
         progress("embed", 1, 4)

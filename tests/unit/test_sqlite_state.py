@@ -129,9 +129,10 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_data(tmp_path: Path) -> No
         assert state.calibration() is None  # "" was how version 1 forgot a fit
         assert state.domain_mean() == {"count": 40, "mean": [0.5, 0.5, 0.5, 0.5]}
         assert state.last_sync() == {"finished_at": 1.5}
+        assert state.pending_verdicts() == []  # version 3 added the review queue's table
     finally:
         state.close()
-    assert _schema_version(directory) == SCHEMA_VERSION == 2
+    assert _schema_version(directory) == SCHEMA_VERSION == 3
     # Opening again finds nothing left to migrate.
     SqliteState(directory).close()
     assert _schema_version(directory) == SCHEMA_VERSION

@@ -9,6 +9,7 @@ document says the same: ``error_responses`` lists a route's error statuses with 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -23,6 +24,7 @@ from catalens.errors import (
     AlreadyExistsError,
     BlockedPathError,
     BlockedURLError,
+    BusyError,
     CatalensError,
     CatalogError,
     CollectionNotFoundError,
@@ -86,6 +88,8 @@ _ERROR_CODES: tuple[tuple[type[CatalensError], int, str], ...] = (
     (ConfigError, 422, "invalid_request"),
     (CatalogError, 422, "catalog_error"),
     (StoreError, 503, "store_unavailable"),
+    # Too much work in flight (decoding, URL fetches): refused now, with a Retry-After.
+    (BusyError, 503, "busy"),
 )
 
 
@@ -118,6 +122,9 @@ def _describe_validation(errors: Any) -> str:
 async def _catalens_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CatalensError)
     status, code = classify(exc)
+    if isinstance(exc, BusyError):
+        retry = str(max(1, math.ceil(exc.retry_after)))
+        return error_response(status, code, str(exc), {"Retry-After": retry})
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
     return error_response(status, code, str(exc))
@@ -161,8 +168,11 @@ _STATUS_DOCS = {
     "`image_too_large`).",
     422: "The request is not valid (`validation_error`), or its image cannot be used "
     "(`invalid_image`, `fetch_failed`, ...).",
+    429: "Too many keyless verdicts from this client (`too_many_requests`, with a "
+    "`Retry-After` header).",
     502: "The collection's source failed while syncing (`sync_failed`).",
-    503: "Not ready yet, busy, or a model or store is unavailable (`not_ready`, "
+    503: "Not ready yet, busy (`busy`, with a `Retry-After` header), or a model or store "
+    "is unavailable (`not_ready`, "
     "`model_unavailable`, `store_unavailable`, ...).",
 }
 

@@ -184,13 +184,17 @@ class JobManager:
         on_finish: Callable[[Job], None] | None = None,
         keep: int = 200,
         records: JobRecords | None = None,
-        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        heartbeat_seconds: float | None = None,
         stale_seconds: float = STALE_SECONDS,
     ) -> None:
         """``records`` keeps the jobs where the other processes read them (default: in
-        this process's memory alone)."""
+        this process's memory alone). ``heartbeat_seconds`` defaults to
+        ``HEARTBEAT_SECONDS``, or a quarter of ``stale_seconds`` when that is shorter, so a
+        late beat or two never makes a living job read as failed."""
         if keep < 1:
             raise ValueError("keep must be at least 1")
+        if heartbeat_seconds is None:
+            heartbeat_seconds = min(HEARTBEAT_SECONDS, stale_seconds / 4)
         if not 0 < heartbeat_seconds < stale_seconds:
             raise ValueError("heartbeat_seconds must be positive and below stale_seconds")
         self.service = service
@@ -209,8 +213,10 @@ class JobManager:
         )
         self._heart.start()
 
-    def start_sync(self, collection: str) -> Job:
-        """A job syncing ``collection`` in the background (the running one if it syncs now).
+    def start_sync(self, collection: str, *, force_removals: bool = False) -> Job:
+        """A job syncing ``collection`` in the background (the running one if it syncs now,
+        as it was started). ``force_removals``: the sync may remove more than
+        ``max_removed_share`` of the products.
 
         Raises ``CollectionNotFoundError`` for an unknown collection and ``NoSourceError``
         for one without a source, before any thread.
@@ -230,16 +236,19 @@ class JobManager:
             self._jobs[job.id] = job
             self._active[collection] = job
             thread = threading.Thread(
-                target=self._run, args=(job,), name=f"catalens-sync-{collection}", daemon=True
+                target=self._run,
+                args=(job, force_removals),
+                name=f"catalens-sync-{collection}",
+                daemon=True,
             )
             self._threads[job.id] = thread
             self._prune()
         thread.start()
         return job
 
-    def run_sync(self, collection: str) -> Job:
+    def run_sync(self, collection: str, *, force_removals: bool = False) -> Job:
         """Like ``start_sync``, then wait until the job has finished."""
-        job = self.start_sync(collection)
+        job = self.start_sync(collection, force_removals=force_removals)
         job.wait()
         return job
 
@@ -297,11 +306,13 @@ class JobManager:
         except Exception:  # the job goes on; its record catches up at the next beat
             log.exception("could not record job %s", job.id)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, force_removals: bool = False) -> None:
         job._start()
         self._save(job)
         try:
-            report = self.service.sync(job.collection, progress=job._progress)
+            report = self.service.sync(
+                job.collection, progress=job._progress, force_removals=force_removals
+            )
         except CatalensError as exc:
             log.warning("sync of %s failed: %s", job.collection, exc)
             job._fail(str(exc))

@@ -53,7 +53,8 @@ from catalens.errors import (
     ImageError,
     ProductNotFoundError,
 )
-from catalens.ingest.decode import sniff_format
+from catalens.ingest.reencode import reencode_image
+from catalens.ledger.state import CATALOG, OK
 from catalens.refs import is_url
 from catalens.service.query_image import QueryImage, RemoteURL
 from catalens.service.service import ALL, CollectionSummary
@@ -245,37 +246,45 @@ def delete_collection(name: str, state: StateDep) -> Deleted:
     name="collection_image",
     response_class=Response,
     responses={
-        200: {"content": {"image/*": {}}},
+        200: {
+            "description": "The image, re-encoded from its decoded pixels.",
+            "content": {"image/jpeg": {}, "image/png": {}},
+        },
         307: {"description": "The image is a URL: go there."},
         **error_responses(404, 422, 503),
     },
 )
 def collection_image(name: str, image_id: int, state: StateDep) -> Response:
-    """A registered image of the collection (local files; URLs redirect to themselves)."""
+    """A registered image of the collection that decoded (local files and confirmed photos
+    re-encoded from their pixels, at most 1600 px a side; URLs redirect to themselves)."""
     collection = state.service.collection(name)
     row = collection.ledger.image(image_id)
     if row is None:
         raise ApiError(404, "image_not_found", f"collection {name!r} has no image {image_id}")
-    ref = row.ref
-    if row.origin != "catalog":  # a confirmed photo: the collection keeps its bytes
-        saved = collection.ledger.photo_bytes(ref)
-        if saved is None:
+    if row.status != OK:
+        raise ApiError(404, "image_unavailable", f"image {image_id}: it did not decode")
+    if row.origin == CATALOG and is_url(row.ref):
+        return RedirectResponse(row.ref, status_code=307)
+    try:
+        # A local file is read as the collection's syncs read it (``catalog_fetcher``: for an
+        # API-named collection, only under ``api_local_image_dirs``); a photo's bytes are kept.
+        if row.origin == CATALOG:
+            data: bytes | None = state.service.catalog_fetcher(name).fetch(row.ref).data
+        else:
+            data = collection.ledger.photo_bytes(row.ref)
+        if data is None:
             raise ApiError(404, "image_unavailable", f"image {image_id}: its bytes are gone")
-        data = saved
-    elif is_url(ref):
-        return RedirectResponse(ref, status_code=307)
-    else:
-        # A collection named over the HTTP API serves local files only from the directories
-        # the operator allowed, as its syncs read them (``CatalensService.catalog_fetcher``).
-        try:
-            data = state.service.catalog_fetcher(name).fetch(ref).data
-        except ImageError as exc:
-            raise ApiError(404, "image_unavailable", f"image {image_id}: {exc.reason}") from None
-        except (BlockedPathError, FetchError):
-            raise ApiError(404, "image_unavailable", f"image {image_id}: not served") from None
+        # Never the stored bytes: whatever else they carry (text after the image, metadata,
+        # a polyglot) stays here; only the decoded pixels, encoded anew, leave.
+        limits, budget = state.service.limits, state.service.decode_budget
+        image = reencode_image(data, source=f"image {image_id}", limits=limits, budget=budget)
+    except ImageError as exc:
+        raise ApiError(404, "image_unavailable", f"image {image_id}: {exc.reason}") from None
+    except (BlockedPathError, FetchError):
+        raise ApiError(404, "image_unavailable", f"image {image_id}: not served") from None
     return Response(
-        data,
-        media_type=f"image/{sniff_format(data) or 'octet-stream'}",
+        image.data,
+        media_type=image.media_type,
         headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
     )
 
@@ -412,9 +421,15 @@ def delete_product(name: str, product_id: str, state: StateDep) -> Deleted:
     dependencies=WRITE,
     responses=error_responses(404, 409, 422),
 )
-def sync_collection(name: str, response: Response, state: StateDep) -> JobOut:
-    """Start an incremental sync from the collection's source; poll ``/v1/jobs/{id}``."""
-    job = state.jobs.start_sync(name)  # an unknown collection: 404, before any job
+def sync_collection(
+    name: str, response: Response, state: StateDep, force_removals: bool = False
+) -> JobOut:
+    """Start an incremental sync from the collection's source; poll ``/v1/jobs/{id}``.
+
+    ``force_removals``: the sync may remove more than ``max_removed_share`` of the
+    collection's products (without it such a sync fails and changes nothing)."""
+    # An unknown collection: 404, before any job.
+    job = state.jobs.start_sync(name, force_removals=force_removals)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut(**job.to_dict())
 

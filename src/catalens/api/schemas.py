@@ -237,6 +237,11 @@ class FeedbackOut(BaseModel):
     removed_views: list[int]
     negative_id: int | None
     recalibrated: bool
+    applied: bool = True
+    """False when the verdict (sent without a key) waits for review as ``pending_id``."""
+    pending_id: int | None = None
+    reason: str = "trusted"
+    """``trusted``, ``agrees``, ``corroborated``, ``approved``; or ``pending``, ``rejected``."""
 
 
 class ViewList(BaseModel):

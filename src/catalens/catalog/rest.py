@@ -33,11 +33,11 @@ from catalens.catalog.records import (
     present_names,
     record_fields,
 )
-from catalens.catalog.rest_paging import PAGINATIONS, Pager, PagingOptions
+from catalens.catalog.rest_paging import PAGINATIONS, Pager, PagingOptions, ScopedHeaders
 from catalens.errors import CatalogError
 from catalens.types import Product, ValidationReport
 
-__all__ = ["RestSource"]
+__all__ = ["RestSource", "ScopedHeaders"]
 
 # Compared after ``normalize_name`` (so ``_id``, ``imageUrl`` and ``image-url`` all work).
 REST_ID_NAMES = ("id", "_id", "uuid", *ID_NAMES[1:])
@@ -84,6 +84,8 @@ class _Settings:
     items_field: str | _Auto | None
     paging: PagingOptions
     headers: dict[str, str]
+    token_headers: dict[str, str]
+    """The ``auth_token_env`` token's header: sent to the source's own origin only."""
     timeout: float
 
 
@@ -113,7 +115,9 @@ class RestSource:
     - ``headers``: extra request headers, e.g. ``{"X-Tenant": "shop1"}``.
     - ``auth_token_env``: the name of an environment variable holding a token, sent in
       ``auth_header`` (``Authorization``) after ``auth_scheme`` (``Bearer`` for the
-      Authorization header, none otherwise): the secret stays out of ``collection.json``.
+      Authorization header, none otherwise): the secret stays out of ``collection.json``,
+      and goes only to the URL's own origin (scheme, host and port), never to a next page
+      or a redirect elsewhere.
     - ``timeout`` (30 s per request), ``retries`` (2, on HTTP 5xx/429, timeouts and
       connection errors, with ``backoff`` 0.5 s doubling), ``max_pages`` (100000) and
       ``max_bytes`` (100 MB per response): going past either is an error, never a silent cut.
@@ -125,6 +129,9 @@ class RestSource:
     ``url``/``src``/``path``/``href`` field; relative URLs are resolved against the page
     URL. Every field but the id and the title is kept as metadata, nested values included
     (image fields too, as the backend sent them, so seed 000's clients get them back).
+
+    ``credential``: headers carrying the operator's secret, sent only to the URLs its scope
+    covers (every page and every redirect hop is checked).
 
     Items that cannot be products go to ``report.rejected`` with ``line`` = the item's
     1-based position across all pages. Unreadable backends raise ``CatalogError`` naming the
@@ -142,6 +149,7 @@ class RestSource:
         where: Mapping[str, str] | None = None,
         client: httpx.Client | None = None,
         environ: Mapping[str, str] | None = None,
+        credential: ScopedHeaders | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
@@ -154,6 +162,9 @@ class RestSource:
         self._settings = _parse_options(
             url, options or {}, os.environ if environ is None else environ
         )
+        self._scoped = [credential] if credential is not None else []
+        if self._settings.token_headers:
+            self._scoped.append(ScopedHeaders.for_origin(self._settings.token_headers, url))
         self._report = ValidationReport(source=url)
 
     @property
@@ -197,6 +208,7 @@ class RestSource:
                 headers=settings.headers,
                 timeout=settings.timeout,
                 extract=self._extract_items,
+                scoped=self._scoped,
             )
             return list(pager.items())
         finally:
@@ -414,16 +426,19 @@ class _Options:
             max_bytes=self.integer("max_bytes", 100 * 1024 * 1024, minimum=1),
         )
 
-    def headers(self, environ: Mapping[str, str]) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         raw = self._options.get("headers") or {}
         if not isinstance(raw, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
         ):
             raise CatalogError("REST source option headers must map header names to strings")
-        headers = dict(raw)
+        return dict(raw)
+
+    def token_headers(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The ``auth_token_env`` token's header, or none."""
         env_name = self.optional_name("auth_token_env")
         if env_name is None:
-            return headers
+            return {}
         token = environ.get(env_name, "")
         if not token:
             raise CatalogError(
@@ -434,8 +449,7 @@ class _Options:
         scheme = self._options.get("auth_scheme", default_scheme)
         if not isinstance(scheme, str):
             raise CatalogError("REST source option auth_scheme must be a string")
-        headers[header] = f"{scheme.strip()} {token}" if scheme.strip() else token
-        return headers
+        return {header: f"{scheme.strip()} {token}" if scheme.strip() else token}
 
 
 def _parse_options(url: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> _Settings:
@@ -443,6 +457,7 @@ def _parse_options(url: str, options: Mapping[str, Any], environ: Mapping[str, s
     return _Settings(
         items_field=reader.items_field(),
         paging=reader.paging(),
-        headers=reader.headers(environ),
+        headers=reader.headers(),
+        token_headers=reader.token_headers(environ),
         timeout=reader.number("timeout", 30.0, minimum=0.001),
     )

@@ -7,11 +7,13 @@ before all raise ``CatalogError``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -29,6 +31,7 @@ _LIMIT = ("limit", "pageSize", "page_size", "perPage", "per_page")
 _PAGE = ("page", "currentPage", "current_page")
 _OFFSET = ("offset", "skip")
 _SNIPPET = 200
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Extract = Callable[[object, str], list[object]]
 """``extract(body, page_url)``: the items of one response, or ``CatalogError``."""
@@ -48,6 +51,48 @@ class PagingOptions:
     backoff: float = 0.5
     max_pages: int = 100_000
     max_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ScopedHeaders:
+    """Headers that carry a secret (a source's credential or token), sent only to the URLs
+    ``scope`` covers: the same scheme, host and port as one of its URL prefixes, and a path
+    under that one's. Every page and every redirect hop is checked on its own, so a next
+    link or a redirect to another origin never gets them (httpx drops only ``Authorization``
+    on a cross-origin redirect, and keeps every other header)."""
+
+    headers: Mapping[str, str]
+    scope: tuple[str, ...]
+
+    @classmethod
+    def for_origin(cls, headers: Mapping[str, str], url: str) -> ScopedHeaders:
+        """Headers for ``url``'s origin (scheme, host and port) only, any path on it."""
+        parts = urlsplit(url)
+        return cls(dict(headers), (f"{parts.scheme}://{parts.netloc}/",))
+
+    def covers(self, url: str | httpx.URL) -> bool:
+        target = _place(url)
+        for prefix in self.scope:
+            allowed = _place(prefix)
+            if target[:3] == allowed[:3] and target[3].startswith(allowed[3]):
+                return True
+        return False
+
+    def apply(self, headers: httpx.Headers, url: httpx.URL) -> None:
+        """Set these headers on a request to ``url`` if the scope covers it, else remove
+        them (a redirect carries the previous hop's headers)."""
+        for name in self.headers:
+            headers.pop(name, None)
+        if self.covers(url):
+            headers.update(self.headers)
+
+
+def _place(url: str | httpx.URL) -> tuple[str, str, int | None, str]:
+    """(scheme, host, port, path) as compared for a scope: lower-cased, default ports
+    filled in, an empty path read as ``/``."""
+    parsed = httpx.URL(str(url))
+    port = parsed.port or _DEFAULT_PORTS.get(parsed.scheme)
+    return parsed.scheme, parsed.host, port, urlsplit(str(parsed)).path or "/"
 
 
 @dataclass(frozen=True)
@@ -104,7 +149,11 @@ class _Meta:
 
 
 class Pager:
-    """Walks the pages of ``url`` and yields ``(item, page_url)`` for every item."""
+    """Walks the pages of ``url`` and yields ``(item, page_url)`` for every item.
+
+    Redirects are followed here, hop by hop, so that each hop gets the ``scoped`` headers
+    only when their scope covers it.
+    """
 
     def __init__(
         self,
@@ -115,6 +164,7 @@ class Pager:
         headers: Mapping[str, str],
         timeout: float,
         extract: Extract,
+        scoped: Sequence[ScopedHeaders] = (),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._client = client
@@ -123,6 +173,7 @@ class Pager:
         self._headers = dict(headers)
         self._timeout = timeout
         self._extract = extract
+        self._scoped = tuple(scoped)
         self._sleep = sleep
 
     def items(self) -> Iterator[tuple[object, str]]:
@@ -276,9 +327,7 @@ class Pager:
     def _get_once(self, url: httpx.URL) -> tuple[object, httpx.URL | None]:
         where = f"REST catalog {url}"
         try:
-            with self._client.stream(
-                "GET", url, headers=self._headers, timeout=self._timeout, follow_redirects=True
-            ) as response:
+            with contextlib.closing(self._send(url)) as response:
                 status = response.status_code
                 if status == 429 or status >= 500:
                     raise _Transient(f"HTTP {status}")
@@ -299,6 +348,20 @@ class Pager:
         except ValueError as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             raise CatalogError(f"{where}: the response is not valid JSON ({reason})") from exc
+
+    def _send(self, url: httpx.URL) -> httpx.Response:
+        """The streamed response to GET ``url``, after following its redirects."""
+        client = self._client
+        request = client.build_request("GET", url, headers=self._headers, timeout=self._timeout)
+        for _ in range(client.max_redirects + 1):
+            for scoped in self._scoped:
+                scoped.apply(request.headers, request.url)
+            response = client.send(request, stream=True, follow_redirects=False)
+            if response.next_request is None:
+                return response
+            response.close()
+            request = response.next_request
+        raise httpx.TooManyRedirects(f"more than {client.max_redirects} redirects", request=request)
 
     def _read(self, where: str, response: httpx.Response) -> bytes:
         cap = self._options.max_bytes

@@ -61,6 +61,31 @@ def eval_command(
         str | None,
         typer.Option(metavar="K,K,...", help="Several K, e.g. 0,1,3,10: one row each."),
     ] = None,
+    feedback_trust: Annotated[
+        str,
+        typer.Option(
+            metavar="keyed|keyless",
+            help="Send the simulated feedback with a key (trusted) or without (keyless: one "
+            "client per verdict, applied only as the trust model allows).",
+        ),
+    ] = "keyed",
+    poison: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="First send N keyless verdicts filing photos under wrong products.",
+        ),
+    ] = 0,
+    poison_target: Annotated[
+        str, typer.Option(metavar="random|nearest", help="The wrong product an attack names.")
+    ] = "random",
+    poison_clients: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Clients the attack is spread over.")
+    ] = 1,
+    poison_keyed: Annotated[
+        bool, typer.Option(help="Send the attack with a key (every verdict trusted).")
+    ] = False,
     seed: Annotated[
         int,
         typer.Option(
@@ -81,6 +106,15 @@ def eval_command(
     from catalens.cli.report import print_curve, print_eval
     from catalens.eval.evaluate import evaluate, parse_out_of_catalog, read_queries
     from catalens.eval.feedback_curve import feedback_curve, parse_curve
+    from catalens.eval.poison import FeedbackPlan
+
+    plan = FeedbackPlan(
+        trust=feedback_trust,  # type: ignore[arg-type]  # checked by FeedbackPlan
+        poison=poison,
+        poison_target=poison_target,  # type: ignore[arg-type]
+        poison_clients=poison_clients,
+        poison_keyed=poison_keyed,
+    )
 
     looping = simulate_feedback is not None or curve is not None
     if looping and feedback_pool is None:
@@ -114,6 +148,7 @@ def eval_command(
                     group_by=group_by,
                     order=order.value,
                     progress=Bars(bars),
+                    plan=plan,
                 )
     if not looping:
         if as_json:

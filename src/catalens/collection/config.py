@@ -40,6 +40,30 @@ class SourceConfig:
     """Named over the HTTP API: every read of it (and of the images it names) follows the
     rules of an untrusted upsert (``service/upsert_refs.py``), on every later sync too."""
 
+    def __post_init__(self) -> None:
+        # One form however it was given (tuples from the CLI, lists from JSON), so the
+        # config read back from the state equals the one saved: a mapping's lists of
+        # columns are tuples (as ``ColumnMapping`` has them), the options are JSON's.
+        if self.mapping is not None:
+            mapping = {str(k): _tupled(v) for k, v in self.mapping.items()}
+            object.__setattr__(self, "mapping", mapping)
+        if self.where is not None:
+            object.__setattr__(self, "where", dict(self.where))
+        object.__setattr__(self, "options", _json_form(self.options))
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _json_form(value: Any) -> Any:
+    """``value`` as JSON reads it back: mappings as dicts, sequences as lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_form(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_form(v) for v in value]
+    return value
+
 
 @dataclass(frozen=True)
 class CollectionConfig:

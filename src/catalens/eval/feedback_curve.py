@@ -9,7 +9,8 @@ does that for several K and reports one row per K.
 Every point runs on a fresh copy of the collection (deleted afterwards), so the collection
 itself is never changed and the points do not leak into each other. A product's photos are
 shuffled once with the seed and the first K taken, so the photos of a smaller K are among
-those of a larger one.
+those of a larger one. A ``FeedbackPlan`` (``eval/poison.py``) sends them as keyless verdicts
+instead, and can run a poisoning attack first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 from catalens.errors import CatalensError, ConfigError
 from catalens.eval.evaluate import SHUFFLED, EvalReport, Query, evaluate
+from catalens.eval.poison import FeedbackPlan, PoisonReport, attack, poison_report
+from catalens.ingest.decode import content_hash
 from catalens.service.service import CatalensService
 from catalens.service.trusted import TrustedPath
 
@@ -38,9 +41,25 @@ class CurvePoint:
     failed: int
     """Pool photos the feedback path refused (unreadable image)."""
     report: EvalReport
+    applied: int | None = None
+    """Of the photos fed, those that are confirmed photos at the end (keyless verdicts may
+    still wait); ``None`` for keyed feedback, where every one applies."""
+    poison: PoisonReport | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"k": self.k, "fed": self.fed, "failed": self.failed, **self.report.to_dict()}
+        extra: dict[str, object] = {}
+        if self.applied is not None:
+            extra["applied"] = self.applied
+        if self.poison is not None:
+            extra["poison_sent"] = self.poison.sent
+            extra["poison_applied"] = self.poison.applied
+        return {
+            "k": self.k,
+            "fed": self.fed,
+            "failed": self.failed,
+            **extra,
+            **self.report.to_dict(),
+        }
 
 
 def pick_photos(
@@ -69,8 +88,10 @@ def simulate_feedback(
     *,
     seed: int = 0,
     progress: Progress | None = None,
+    plan: FeedbackPlan = FeedbackPlan(),
 ) -> tuple[int, int]:
-    """Confirm ``k`` pool photos per product through ``service.feedback``; (fed, failed)."""
+    """Confirm ``k`` pool photos per product through ``service.feedback``, trusted or not as
+    ``plan`` says; (fed, failed)."""
     opened = service.collection(collection)
     picked = pick_photos(pool, opened.ledger.product_ids(), k, seed=seed)
     fed = failed = 0
@@ -84,6 +105,7 @@ def simulate_feedback(
                     product_id=product_id,
                     user="simulated",
                     recalibrate=False,
+                    trust=plan.honest_trust(done),
                 )
                 fed += 1
             except CatalensError:
@@ -106,8 +128,10 @@ def feedback_curve(
     group_by: str | None = None,
     order: str = SHUFFLED,
     progress: Progress | None = None,
+    plan: FeedbackPlan = FeedbackPlan(),
 ) -> list[CurvePoint]:
-    """One evaluation per K, each on a fresh copy of ``collection`` fed K photos per product."""
+    """One evaluation per K, each on a fresh copy of ``collection`` fed K photos per product
+    (after ``plan.poison`` attack verdicts, when it asks for them)."""
     if any(k < 0 for k in ks):
         raise ConfigError("feedback counts must be >= 0")
     service.collection(collection)  # an unknown collection fails before any copy
@@ -116,11 +140,17 @@ def feedback_curve(
         copy = f"eval-{os.getpid()}-k{k}-{collection}"[:64]
         service.copy_collection(collection, copy)
         try:
+            with service.collection(copy).deferred_flush():
+                sent = attack(service, copy, pool, plan, seed=seed)
             fed, failed = (
-                simulate_feedback(service, copy, pool, k, seed=seed, progress=progress)
+                simulate_feedback(service, copy, pool, k, seed=seed, progress=progress, plan=plan)
                 if k
                 else (0, 0)
             )
+            if sent and not k:
+                service.recalibrate(copy)
+            applied = _applied(service, copy, pool, k, seed) if plan.trust == "keyless" else None
+            poisoned = poison_report(service, copy, sent) if plan.poison else None
             report = evaluate(
                 service,
                 copy,
@@ -134,8 +164,25 @@ def feedback_curve(
         finally:
             service.delete_collection(copy)
         report.collection = collection
-        points.append(CurvePoint(k=k, fed=fed, failed=failed, report=report))
+        points.append(
+            CurvePoint(k=k, fed=fed, failed=failed, report=report, applied=applied, poison=poisoned)
+        )
     return points
+
+
+def _applied(service: CatalensService, copy: str, pool: Sequence[Query], k: int, seed: int) -> int:
+    """How many of the photos ``simulate_feedback`` picked are confirmed photos of their
+    product now."""
+    opened = service.collection(copy)
+    confirmed = {(row.content_hash, row.product_id) for row in opened.ledger.confirmed_photos()}
+    picked = pick_photos(pool, opened.ledger.product_ids(), k, seed=seed)
+    hashes = {}
+    for product_id, photo in picked:
+        try:
+            hashes[(product_id, photo.image)] = content_hash(photo.image.read_bytes())
+        except OSError:
+            continue
+    return sum((digest, pid) in confirmed for (pid, _), digest in hashes.items())
 
 
 def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:

@@ -13,6 +13,10 @@ refers to a photo (a kept query by ``query_id``, or the photo's bytes):
 A kept query brings its vectors along, so feedback embeds nothing; an image given directly is
 embedded like a search would (and counts as a query seen, for domain centering). The
 collection's calibration is refitted as confirmed photos accrue (``collection/refit.py``).
+
+Only a trusted verdict (a valid API key, or a service without keys) applies as it comes; an
+untrusted one waits as a pending verdict until the model agrees with it, it is corroborated,
+or a keyed caller approves it (``feedback/trust.py``).
 """
 
 from __future__ import annotations
@@ -28,8 +32,18 @@ from catalens.embedders.base import Embedder
 from catalens.errors import ConfigError, QueryNotFoundError
 from catalens.feedback import confirmed_photos as photos
 from catalens.feedback.confirmed_photos import ConfirmedPhoto
+from catalens.feedback.trust import (
+    CONFIRMING,
+    DEFAULT_POLICY,
+    TRUSTED,
+    Trust,
+    TrustPolicy,
+    agrees,
+    corroborating,
+)
 from catalens.ingest.decode import ImageLimits, content_hash, decode_image
 from catalens.ledger.query_log import QueryLog, QueryVectors, model_key
+from catalens.ledger.state import PendingVerdictRow
 from catalens.search.query_crops import query_views
 
 Verdict = Literal["correct", "wrong", "actually"]
@@ -51,6 +65,13 @@ class FeedbackResult:
     negative_id: int | None
     """The hard negative a ``wrong`` verdict recorded."""
     recalibrated: bool
+    applied: bool = True
+    """False when the verdict waits as a pending verdict (``feedback/trust.py``)."""
+    pending_id: int | None = None
+    """The pending verdict it is, when not applied."""
+    reason: str = "trusted"
+    """Why it applied (``trusted``, ``agrees``, ``corroborated``, ``approved``) or not
+    (``pending``, ``rejected``)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,8 @@ class FeedbackParts:
     lock: AbstractContextManager[object]
     max_views: int
     """Confirmed photos kept per product (``Settings.max_confirmed_views``)."""
+    policy: TrustPolicy = DEFAULT_POLICY
+    """When an untrusted verdict applies."""
 
 
 def give_feedback(
@@ -77,58 +100,198 @@ def give_feedback(
     photo: bytes | None = None,
     user: str | None = None,
     recalibrate: bool = True,
+    trust: Trust = TRUSTED,
 ) -> FeedbackResult:
-    """Record a verdict on a photo (a kept ``query_id``, or the ``photo`` bytes)."""
+    """Record a verdict on a photo (a kept ``query_id``, or the ``photo`` bytes): applied
+    when ``trust`` is trusted, else as ``feedback/trust.py`` says."""
     if verdict not in VERDICTS:
         raise ConfigError(f"unknown verdict {verdict!r}: use one of {', '.join(VERDICTS)}")
     if (query_id is None) == (photo is None):
         raise ConfigError("feedback needs exactly one of a query_id or an image")
-    photo, vectors = _photo(collection, parts, query_id, photo)
+    # An untrusted photo changes nothing until it applies, not even the domain mean.
+    photo, vectors = _photo(collection, parts, query_id, photo, observe=trust.trusted)
+    verdict_ = _Verdict(verdict, product_id, photo, vectors, user, query_id)
+    with parts.lock:
+        if trust.trusted:
+            return _apply(collection, parts, verdict_, recalibrate, "trusted")
+        photos.require_product(collection, product_id)
+        digest = content_hash(photo)
+        if agrees(collection, verdict, product_id, vectors.query, parts.policy):
+            return _apply(collection, parts, verdict_, recalibrate, "agrees")
+        others = corroborating(
+            collection, verdict, product_id, vectors.plain, trust.client, parts.policy
+        )
+        if others is not None:
+            result = _apply(collection, parts, verdict_, recalibrate, "corroborated")
+            _apply_pending(collection, parts, others)
+            return result
+        pending_id = collection.ledger.add_pending(
+            product_id,
+            verdict,
+            photo=photo,
+            content_hash=digest,
+            client=trust.client,
+            query_vector=vectors.query,
+            plain_vector=vectors.plain,
+            user=user,
+            query_id=query_id,
+        )
+    return _not_applied(collection, verdict_, pending_id, "pending")
+
+
+def decide(
+    collection: Collection, parts: FeedbackParts, pending_id: int, *, approve: bool
+) -> FeedbackResult | None:
+    """Approve (apply) or reject (drop) a pending verdict; ``None`` when there is none."""
+    state = collection.ledger
+    with parts.lock:
+        row = next((r for r in state.pending_verdicts() if r.pending_id == pending_id), None)
+        photo = state.pending_photo(pending_id)
+        if row is None or photo is None:
+            return None
+        state.remove_pending([pending_id])
+        verdict = _Verdict.pending(row, photo)
+        if not approve:
+            return _not_applied(collection, verdict, None, "rejected")
+        return _apply(collection, parts, verdict, True, "approved")
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    verdict: str
+    product_id: str
+    photo: bytes
+    vectors: QueryVectors
+    user: str | None
+    query_id: str | None
+
+    @classmethod
+    def pending(cls, row: PendingVerdictRow, photo: bytes) -> _Verdict:
+        vectors = QueryVectors(row.query_vector.copy(), row.plain_vector.copy())
+        return cls(row.verdict, row.product_id, photo, vectors, row.user, row.query_id)
+
+
+def _apply(
+    collection: Collection, parts: FeedbackParts, v: _Verdict, recalibrate: bool, reason: str
+) -> FeedbackResult:
+    """Apply a verdict (under ``parts.lock``); then the product's pending verdicts that now
+    agree with the model apply too."""
     removed: tuple[int, ...] = ()
     view = None
     added = False
     negative_id = None
-    with parts.lock:
-        if verdict == "wrong":
-            digest = content_hash(photo)
-            removed = tuple(photos.remove_photo(collection, product_id, digest))
-            negative_id = photos.add_negative(
-                collection,
-                product_id,
-                vectors.query,
-                digest=digest,
-                user=user,
-                query_id=query_id,
-            )
-        else:
-            change = photos.add_photo(
-                collection,
-                product_id,
-                photo=photo,
-                plain=vectors.plain,
-                query=vectors.query,
-                verdict=verdict,
-                max_views=parts.max_views,
-                user=user,
-                query_id=query_id,
-            )
-            view, added, removed = change.view, change.added, change.removed
-        refitted = recalibrate and (added or bool(removed)) and refit_if_due(collection)
+    if v.verdict == "wrong":
+        digest = content_hash(v.photo)
+        removed = tuple(photos.remove_photo(collection, v.product_id, digest))
+        negative_id = photos.add_negative(
+            collection,
+            v.product_id,
+            v.vectors.query,
+            digest=digest,
+            user=v.user,
+            query_id=v.query_id,
+        )
+    else:
+        change = photos.add_photo(
+            collection,
+            v.product_id,
+            photo=v.photo,
+            plain=v.vectors.plain,
+            query=v.vectors.query,
+            verdict=v.verdict,
+            max_views=parts.max_views,
+            user=v.user,
+            query_id=v.query_id,
+        )
+        view, added, removed = change.view, change.added, change.removed
+        if added:
+            _promote(collection, parts, v.product_id)
+    refitted = recalibrate and (added or bool(removed)) and refit_if_due(collection)
     return FeedbackResult(
         collection=collection.name,
-        verdict=verdict,
-        product_id=product_id,
-        query_id=query_id,
+        verdict=v.verdict,
+        product_id=v.product_id,
+        query_id=v.query_id,
         view=view,
         added=added,
         removed_views=removed,
         negative_id=negative_id,
         recalibrated=refitted,
+        reason=reason,
+    )
+
+
+def _promote(collection: Collection, parts: FeedbackParts, product_id: str) -> None:
+    """Apply the pending verdicts naming ``product_id`` that agree with the model now that
+    it has one more confirmed photo (each one applied may let the next agree)."""
+    state = collection.ledger
+    waiting = [r for r in state.pending_verdicts(product_id) if r.verdict in CONFIRMING]
+    while waiting:
+        ready = next(
+            (
+                r
+                for r in waiting
+                if agrees(collection, r.verdict, product_id, r.query_vector, parts.policy)
+            ),
+            None,
+        )
+        photo = None if ready is None else state.pending_photo(ready.pending_id)
+        if ready is None or photo is None:
+            return
+        waiting.remove(ready)
+        state.remove_pending([ready.pending_id])
+        photos.add_photo(
+            collection,
+            product_id,
+            photo=photo,
+            plain=ready.plain_vector.copy(),
+            query=ready.query_vector.copy(),
+            verdict=ready.verdict,
+            max_views=parts.max_views,
+            user=ready.user,
+            query_id=ready.query_id,
+        )
+
+
+def _apply_pending(
+    collection: Collection, parts: FeedbackParts, rows: list[PendingVerdictRow]
+) -> None:
+    """Apply pending verdicts (those that corroborated one just applied)."""
+    state = collection.ledger
+    for row in rows:
+        photo = state.pending_photo(row.pending_id)
+        if photo is None:  # applied or decided meanwhile
+            continue
+        state.remove_pending([row.pending_id])
+        _apply(collection, parts, _Verdict.pending(row, photo), False, "corroborated")
+
+
+def _not_applied(
+    collection: Collection, v: _Verdict, pending_id: int | None, reason: str
+) -> FeedbackResult:
+    return FeedbackResult(
+        collection=collection.name,
+        verdict=v.verdict,
+        product_id=v.product_id,
+        query_id=v.query_id,
+        view=None,
+        added=False,
+        removed_views=(),
+        negative_id=None,
+        recalibrated=False,
+        applied=False,
+        pending_id=pending_id,
+        reason=reason,
     )
 
 
 def _photo(
-    collection: Collection, parts: FeedbackParts, query_id: str | None, photo: bytes | None
+    collection: Collection,
+    parts: FeedbackParts,
+    query_id: str | None,
+    photo: bytes | None,
+    *,
+    observe: bool,
 ) -> tuple[bytes, QueryVectors]:
     """The photo's bytes and its vectors in the collection's model."""
     key = model_key(collection.config.model)
@@ -145,7 +308,7 @@ def _photo(
             return kept.image, by_model[key]
         return kept.image, _embed(collection, parts, kept.image, observe=False)
     assert photo is not None
-    return photo, _embed(collection, parts, photo, observe=True)
+    return photo, _embed(collection, parts, photo, observe=observe)
 
 
 def _embed(

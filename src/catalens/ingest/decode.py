@@ -3,26 +3,37 @@
 Everything that can go wrong with one image becomes an ``ImageError`` naming the source and
 the reason, so an ingest run records the image and moves on. Limits are checked before the
 expensive work: the byte size before reading, the pixel count from the header before
-decoding (a small file can claim gigapixels).
+decoding (a small file can claim gigapixels, and a 143 KB PNG really holds 49 MP). Given the
+size a model needs, a large image is decoded small (JPEG ``draft``) or made small right after
+loading (``reduce``), before any full-size copy; a ``PixelBudget`` bounds the pixels being
+decoded at once across threads, and memory is handed back to the system after a burst.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import os
+import platform
 import stat
+import threading
+import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError, features
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError, features
 
-from catalens.errors import ImageDecodeError, ImageError, ImageTooLargeError
+from catalens.errors import BusyError, ImageDecodeError, ImageError, ImageTooLargeError
 
 __all__ = [
     "ImageLimits",
+    "PixelBudget",
     "check_image_bytes",
     "content_hash",
     "decode_image",
@@ -56,6 +67,23 @@ _BMP_DIB_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _ROTATED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
 _WHITE = (255, 255, 255, 255)
+# EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose does).
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Modes Image.reduce averages meaningfully; others (palette, 1-bit, 16-bit grey) become RGB
+# at full size first.
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK", "YCbCr"})
+# Only images larger than this are reduced: the memory is in large ones, and smaller ones
+# decode exactly as catalog images do (a catalog image searched for itself scores 1).
+_REDUCE_ABOVE_PIXELS = 4_000_000
+_TRIM_AFTER_PIXELS = 16_000_000  # decoded since the last trim before a burst's end trims
 
 
 @dataclass(frozen=True)
@@ -64,10 +92,93 @@ class ImageLimits:
 
     max_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 50_000_000
+    """The most pixels an image's header may claim."""
+    max_decode_pixels: int | None = None
+    """The most pixels actually decoded (after a JPEG's reduced-scale ``draft``); ``None``:
+    ``max_pixels``. Queries get a lower one than catalog images."""
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_pixels < 1:
+        if self.max_bytes < 1 or self.max_pixels < 1 or (self.max_decode_pixels or 1) < 1:
             raise ValueError("image limits must be positive")
+
+
+class PixelBudget:
+    """The pixels being decoded at once across threads, at most ``capacity``: a decode
+    waits up to ``wait`` seconds for room, then ``BusyError``. An image larger than the
+    whole budget runs alone. When a burst ends (nothing in flight) after large decodes,
+    the C heap is trimmed so that the memory goes back to the system. Thread-safe."""
+
+    def __init__(self, capacity: int, *, wait: float = 2.0, retry_after: float = 1.0) -> None:
+        if capacity < 1 or wait < 0:
+            raise ValueError("a pixel budget needs capacity >= 1 and wait >= 0")
+        self.capacity = capacity
+        self.wait = wait
+        self.retry_after = retry_after
+        self._in_flight = 0
+        self._since_trim = 0
+        self._room = threading.Condition()
+
+    @property
+    def in_flight(self) -> int:
+        with self._room:
+            return self._in_flight
+
+    @contextmanager
+    def hold(self, pixels: int, *, source: str) -> Iterator[None]:
+        """Room for decoding ``pixels`` for the length of the block."""
+        cost = max(1, min(pixels, self.capacity))
+        until = time.monotonic() + self.wait
+        with self._room:
+            while self._in_flight + cost > self.capacity:
+                left = until - time.monotonic()
+                if left <= 0 or not self._room.wait(left):
+                    if self._in_flight + cost <= self.capacity:
+                        break
+                    raise BusyError(
+                        f"{source}: the server is decoding {self._in_flight} pixels of other "
+                        f"images (budget {self.capacity}); try again shortly",
+                        retry_after=self.retry_after,
+                    )
+            self._in_flight += cost
+        try:
+            yield
+        finally:
+            with self._room:
+                self._in_flight -= cost
+                self._since_trim += pixels
+                burst_over = self._in_flight == 0 and self._since_trim >= _TRIM_AFTER_PIXELS
+                if burst_over:
+                    self._since_trim = 0
+                self._room.notify_all()
+            if burst_over:
+                release_memory()
+
+
+def release_memory() -> bool:
+    """Hand freed heap memory back to the system (glibc's ``malloc_trim``); False where
+    there is no such call. Large images are freed in blocks that glibc keeps for reuse, so
+    a burst of big decodes would otherwise leave the process at its peak size."""
+    trim = _malloc_trim()
+    return bool(trim is not None and trim(0))
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    global _TRIM
+    if _TRIM is False:
+        _TRIM = None
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                function = libc.malloc_trim
+                function.argtypes = [ctypes.c_size_t]
+                function.restype = ctypes.c_int
+                _TRIM = function
+            except (OSError, AttributeError):
+                _TRIM = None
+    return _TRIM if callable(_TRIM) else None
+
+
+_TRIM: Callable[[int], int] | bool | None = False  # False: not looked up yet
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -168,12 +279,18 @@ def decode_image(
     source: str,
     limits: ImageLimits = ImageLimits(),
     draft_size: tuple[int, int] | None = None,
+    budget: PixelBudget | None = None,
+    reduce: bool = False,
 ) -> Image.Image:
     """Decode ``data`` into a fully loaded, file-independent RGB image.
 
     EXIF orientation is applied; alpha is composited on white; palette, grey, 16-bit and CMYK
-    images become 8-bit RGB. ``draft_size`` lets a large JPEG decode at a reduced scale that
-    is still at least that size on each side (after orientation).
+    images become 8-bit RGB. ``draft_size``: the least size (each side, after orientation)
+    the caller needs; a large JPEG decodes at a reduced scale. With ``reduce``, a large
+    image (over 4 MP) of any format at least twice that size is also reduced by a whole
+    factor right after loading, before any full-size copy (queries; catalog images keep the
+    full decode their stored vectors were made from). ``budget``: the decode holds room for
+    its pixels (``BusyError`` when there is none in time).
 
     Raises ``ImageDecodeError`` (empty, truncated, corrupt, not an image) or
     ``ImageTooLargeError`` (over ``limits``); both name ``source`` and the reason.
@@ -194,8 +311,24 @@ def decode_image(
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as img:
-                return _decode_opened(img, source=source, limits=limits, draft_size=draft_size)
+            # The budget is held until the full-size image is closed (the stack exits last).
+            with (
+                ExitStack() as held,
+                Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as img,
+            ):
+
+                def hold(pixels: int) -> None:
+                    if budget is not None:
+                        held.enter_context(budget.hold(pixels, source=source))
+
+                return _decode_opened(
+                    img,
+                    source=source,
+                    limits=limits,
+                    draft_size=draft_size,
+                    hold=hold,
+                    reduce=reduce,
+                )
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -233,6 +366,8 @@ def _decode_opened(
     source: str,
     limits: ImageLimits,
     draft_size: tuple[int, int] | None,
+    hold: Callable[[int], None],
+    reduce: bool,
 ) -> Image.Image:
     width, height = img.size
     if width < 1 or height < 1:
@@ -242,20 +377,47 @@ def _decode_opened(
             source,
             f"{width}x{height} is {width * height} pixels, over the limit of {limits.max_pixels}",
         )
-    if draft_size is not None and isinstance(img, JpegImagePlugin.JpegImageFile):
-        target = draft_size
-        # draft() works on the stored (unrotated) raster, so ask for the rotated size when
-        # EXIF orientation will swap the sides afterwards.
-        if _orientation(img) in _ROTATED_ORIENTATIONS:
-            target = (draft_size[1], draft_size[0])
-        img.draft("RGB", target)
+    # A PNG's getexif() loads the whole image, so EXIF is read before load() only for a
+    # JPEG, whose draft needs it.
+    jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)
+    orientation = _orientation(img) if jpeg else 1
+    if jpeg and draft_size is not None:
+        img.draft("RGB", _stored(draft_size, orientation))
+    decoded = img.size[0] * img.size[1]  # after draft: what load() really allocates
+    most = limits.max_decode_pixels or limits.max_pixels
+    if decoded > most:
+        raise ImageTooLargeError(
+            source, f"{width}x{height} would decode {decoded} pixels, over the limit of {most}"
+        )
+    hold(decoded)
     img.load()
-    try:
-        oriented = ImageOps.exif_transpose(img)
-    except Exception:
-        # EXIF is metadata: a broken block must not lose an otherwise good image.
-        oriented = img.copy()
-    return _to_rgb(oriented, source=source)
+    if not jpeg:
+        orientation = _orientation(img)
+    target = None if draft_size is None or not reduce else _stored(draft_size, orientation)
+    small = _reduced(img, target, source=source)
+    method = _TRANSPOSES.get(orientation)
+    if method is not None:
+        small = small.transpose(method)
+    return _to_rgb(small, source=source)
+
+
+def _stored(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """``size`` on the stored raster, which draft() and reduce() work on: the sides swap
+    when the EXIF orientation turns the image a quarter."""
+    return (size[1], size[0]) if orientation in _ROTATED_ORIENTATIONS else size
+
+
+def _reduced(img: Image.Image, target: tuple[int, int] | None, *, source: str) -> Image.Image:
+    """``img`` reduced by the largest whole factor that keeps it at least ``target``, before
+    any full-size copy is made (the full-size image is then only ever the decoded one)."""
+    if target is None or img.size[0] * img.size[1] <= _REDUCE_ABOVE_PIXELS:
+        return img
+    factor = min(img.size[0] // target[0], img.size[1] // target[1])
+    if factor < 2:
+        return img
+    if img.mode not in _REDUCIBLE:
+        img = _to_rgb(img, source=source)  # palette indices cannot be averaged
+    return img.reduce(factor)
 
 
 def _orientation(img: Image.Image) -> int:

@@ -37,6 +37,7 @@ from catalens.errors import (
     ImageTooLargeError,
 )
 from catalens.ingest.decode import check_image_bytes, content_hash, read_image_file
+from catalens.ingest.http_deadline import deadline_client, seconds_left, within
 from catalens.ingest.url_guard import AddressGuard
 from catalens.ledger.url_index import UrlEntry, UrlIndex
 from catalens.refs import is_url
@@ -45,9 +46,11 @@ __all__ = ["FetchedImage", "ImageFetcher"]
 
 MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# httpx timeouts bound each read, not the whole body: a server dripping one byte per
-# (timeout - 1) seconds would hold a worker for days. An attempt gets this many timeouts in all.
+# httpx timeouts bound each read, not a request: a server dripping its headers or body one
+# byte per (timeout - 1) seconds would hold a worker for days. So one fetch (every attempt,
+# redirect and back-off) gets a total deadline, by default this many timeouts.
 _TOTAL_TIME_FACTOR = 6
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 _MAX_RETRY_AFTER = 30.0
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 
@@ -87,11 +90,15 @@ class ImageFetcher:
         guard: AddressGuard | None = None,
         client: httpx.Client | None = None,
         base_dir: Path | None = None,
+        deadline: float | None = None,
     ) -> None:
         if workers < 1 or retries < 0 or timeout <= 0 or backoff < 0 or max_bytes < 1:
             raise ValueError(
                 "workers and max_bytes must be >= 1, retries/backoff >= 0, timeout > 0"
             )
+        if deadline is not None and deadline <= 0:
+            raise ValueError("deadline must be > 0")
+        self._deadline = deadline if deadline is not None else _TOTAL_TIME_FACTOR * timeout
         self._workers = workers
         self._timeout = timeout
         self._retries = retries
@@ -103,12 +110,7 @@ class ImageFetcher:
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._index = UrlIndex(Path(cache_dir) / "index.sqlite3")
         self._owns_client = client is None
-        self._client = client or httpx.Client(
-            timeout=timeout,
-            follow_redirects=False,
-            headers={"User-Agent": f"catalens/{__version__}"},
-            limits=httpx.Limits(max_connections=max(2 * workers, 10)),
-        )
+        self._client = client or _own_client(timeout, max(2 * workers, 10), guarded=bool(guard))
         self._url_locks = _KeyedLocks()
         self._closing = threading.Event()
 
@@ -264,15 +266,17 @@ class ImageFetcher:
             url = httpx.URL(ref)
         except httpx.InvalidURL as exc:
             raise FetchError(ref, f"invalid URL ({exc})") from exc
-        for hop in range(MAX_REDIRECTS + 1):
-            address = self._check_target(ref, url, redirected=hop > 0)
-            outcome = self._get_with_retries(ref, url, address, conditional)
-            if outcome is _NOT_MODIFIED:
-                return None
-            if isinstance(outcome, _Body):
-                return outcome
-            assert isinstance(outcome, httpx.URL)
-            url = outcome
+        # One deadline for the whole fetch: every hop, attempt, back-off and socket read.
+        with within(time.monotonic() + self._deadline):
+            for hop in range(MAX_REDIRECTS + 1):
+                address = self._check_target(ref, url, redirected=hop > 0)
+                outcome = self._get_with_retries(ref, url, address, conditional)
+                if outcome is _NOT_MODIFIED:
+                    return None
+                if isinstance(outcome, _Body):
+                    return outcome
+                assert isinstance(outcome, httpx.URL)
+                url = outcome
         raise FetchError(ref, f"too many redirects (more than {MAX_REDIRECTS})")
 
     def _check_target(self, ref: str, url: httpx.URL, *, redirected: bool) -> str | None:
@@ -300,12 +304,15 @@ class ImageFetcher:
                 return self._get_once(ref, url, address, conditional)
             except _Transient as exc:
                 attempt += 1
+                tries = f"{attempt} attempt" + ("s" if attempt > 1 else "")
                 if attempt > self._retries:
-                    tries = f"{attempt} attempt" + ("s" if attempt > 1 else "")
                     raise FetchError(ref, f"{exc.reason} ({tries})") from exc
                 delay = self._backoff * 2 ** (attempt - 1)
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, _MAX_RETRY_AFTER))
+                if delay >= (seconds_left() or 0.0):
+                    total = f"{self._deadline:g} s in all"
+                    raise FetchError(ref, f"{exc.reason} ({tries}, {total})") from exc
                 if self._closing.wait(delay):
                     raise FetchError(ref, "fetcher closed") from exc
 
@@ -315,7 +322,10 @@ class ImageFetcher:
         """The body, the next URL for a redirect, or ``_NOT_MODIFIED`` (a 304 answering
         ``conditional`` headers); ``_Transient`` for what may be retried. With an
         ``address``, the connection goes to it, not to whatever the name resolves to now."""
-        deadline = time.monotonic() + _TOTAL_TIME_FACTOR * self._timeout
+        left = seconds_left()
+        if left is not None and left <= 0:
+            raise _Transient(f"timed out ({self._deadline:g} s in all)")
+        deadline = time.monotonic() + (self._deadline if left is None else left)
         target, headers, extensions = _pinned(url, address, conditional)
         try:
             with self._client.stream(
@@ -323,7 +333,8 @@ class ImageFetcher:
                 target,
                 headers=headers,
                 extensions=extensions,
-                timeout=self._timeout,
+                # Also bounds the wait for a pooled connection, which no socket sees.
+                timeout=self._timeout if left is None else min(self._timeout, left),
                 follow_redirects=False,
             ) as response:
                 status = response.status_code
@@ -368,6 +379,19 @@ class ImageFetcher:
             if time.monotonic() > deadline:
                 raise _Transient("timed out (download too slow)")
         return bytes(body)
+
+
+def _own_client(timeout: float, connections: int, *, guarded: bool) -> httpx.Client:
+    """A client whose requests keep the fetch's total deadline. An operator's fetcher under
+    an HTTP proxy from the environment keeps the plain client that honours it, with the
+    deadline checked between body chunks only; a guarded fetcher never uses a proxy."""
+    agent = {"User-Agent": f"catalens/{__version__}"}
+    if not guarded and any(
+        os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARIABLES
+    ):
+        limits = httpx.Limits(max_connections=connections)
+        return httpx.Client(timeout=timeout, follow_redirects=False, headers=agent, limits=limits)
+    return deadline_client(timeout=timeout, headers=agent, max_connections=connections)
 
 
 def _pinned(

@@ -33,7 +33,11 @@ from catalens.ledger.pg_state_schema import (
     state_schema,
 )
 
-_COPY_SEQUENCES = (("images", "image_id"), ("negatives", "negative_id"))
+_COPY_SEQUENCES = (
+    ("images", "image_id"),
+    ("negatives", "negative_id"),
+    ("pending_verdicts", "pending_id"),
+)
 
 
 class PgDatabase:

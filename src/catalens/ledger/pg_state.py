@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from catalens.errors import CollectionNotFoundError
 from catalens.ledger.blobs import from_blob, to_blob
 from catalens.ledger.locks import AdvisoryLock, lock_key
+from catalens.ledger.pg_state_hits import PgHitReads
+from catalens.ledger.pg_state_pending import PgPendingVerdicts
 from catalens.ledger.pg_state_schema import (
     REGISTRY,
     STATE_MIGRATIONS,
@@ -29,6 +32,7 @@ from catalens.ledger.pg_state_schema import (
     migrate,
 )
 from catalens.ledger.pg_state_writes import apply_changes
+from catalens.ledger.revisions import Revisions
 from catalens.ledger.state import (
     CATALOG,
     CONFIRMED,
@@ -41,7 +45,6 @@ from catalens.ledger.state import (
     FailedImage,
     ImageRow,
     NegativeRow,
-    PreviewImage,
     SearchableImage,
 )
 from catalens.types import Product
@@ -53,13 +56,29 @@ _IMAGE_COLUMNS = (
 _SEARCHABLE = f"status = '{OK}' AND content_hash IS NOT NULL"
 # meta keys of the small documents (the sqlite ledger's names)
 _CALIBRATION, _DOMAIN_MEAN, _LAST_SYNC = "calibration", "query_mean", "last_sync"
+# meta keys of the counters other processes check (``revisions``): one per part a search
+# depends on, bumped in the transaction that writes the part.
+_REVISION = {part: f"revision:{part}" for part in ("config", _CALIBRATION, _DOMAIN_MEAN)}
+_BUMP = (
+    "INSERT INTO {meta} AS m VALUES (%s, '1')"
+    " ON CONFLICT (key) DO UPDATE SET value = to_jsonb(m.value::bigint + 1)"
+)
+_REVISIONS = (
+    "SELECT (SELECT config->'created_at' FROM {collections} WHERE schema = %s),"
+    " coalesce(max(CASE key WHEN 'generation' THEN value::bigint END), 0),"
+    + ",".join(
+        f" coalesce(max(CASE key WHEN '{key}' THEN value::bigint END), 0)"
+        for key in _REVISION.values()
+    )
+    + " FROM {meta} WHERE key = ANY(%s)"
+)
 
 
 def _row(values: Sequence[Any]) -> ImageRow:
     return ImageRow(*values)
 
 
-class PgState:
+class PgState(PgHitReads, PgPendingVerdicts):
     """One collection's state in its schema (``pg_state_schema.state_schema``); its config
     is its row in the registry. Thread-safe: each call takes a connection from ``pool``
     (shared with the other collections of the database, and not closed here)."""
@@ -69,6 +88,10 @@ class PgState:
         self._pool = pool
         self._q = in_schema(schema)
         self._registry = in_schema(REGISTRY)
+        self._revisions = sql.SQL(_REVISIONS).format(
+            collections=sql.Identifier(REGISTRY, "collections"),
+            meta=sql.Identifier(schema, "meta"),
+        )
         with pool.connection() as conn:
             migrate(conn, schema, STATE_MIGRATIONS)
 
@@ -103,13 +126,14 @@ class PgState:
         return data
 
     def set_config(self, data: Mapping[str, Any]) -> None:
-        with self._pool.connection() as conn:
+        with self._pool.connection() as conn, conn.transaction():
             cursor = conn.execute(
                 self._registry("UPDATE {collections} SET config = %s WHERE schema = %s"),
                 (Jsonb(dict(data)), self.schema),
             )
-        if cursor.rowcount == 0:
-            raise CollectionNotFoundError(f"the collection of {self.schema} was deleted")
+            if cursor.rowcount == 0:
+                raise CollectionNotFoundError(f"the collection of {self.schema} was deleted")
+            conn.execute(self._q(_BUMP), (_REVISION["config"],))
 
     def _document(self, key: str) -> Mapping[str, Any] | None:
         rows = self._rows("SELECT value FROM {meta} WHERE key = %s", (key,))
@@ -119,7 +143,9 @@ class PgState:
         return data
 
     def _set_document(self, key: str, data: Mapping[str, Any] | None) -> None:
-        with self._pool.connection() as conn:
+        with self._pool.connection() as conn, conn.transaction():
+            if key in _REVISION:
+                conn.execute(self._q(_BUMP), (_REVISION[key],))
             if data is None:
                 conn.execute(self._q("DELETE FROM {meta} WHERE key = %s"), (key,))
             else:
@@ -164,6 +190,27 @@ class PgState:
         )
         return tuple(int(v or 0) for v in row)
 
+    def revisions(self) -> Revisions:
+        """The counters another process compares (``ledger.revisions.Revisioned``), in one
+        round trip; a collection whose schema was dropped (deleted) reads as gone."""
+        try:
+            with self._pool.connection() as conn:
+                row = conn.execute(
+                    self._revisions, (self.schema, ["generation", *_REVISION.values()])
+                ).fetchone()
+        except (errors.UndefinedTable, errors.InvalidSchemaName):
+            row = None
+        if row is None:
+            return Revisions(None, 0, 0, 0, 0)
+        created, generation, config, calibration, mean = row
+        return Revisions(
+            None if created is None else float(created),
+            int(generation),
+            int(config),
+            int(calibration),
+            int(mean),
+        )
+
     def apply(self, changes: ChangeSet) -> AppliedChanges:
         with self._pool.connection() as conn, conn.transaction():
             return apply_changes(conn, self._q, self.schema, changes)
@@ -199,13 +246,6 @@ class PgState:
             )
             for pid, title, metadata in rows
         ]
-
-    def get_products(self, product_ids: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-        rows = self._rows(
-            "SELECT id, title, metadata FROM {products} WHERE id = ANY(%s)",
-            (list(dict.fromkeys(product_ids)),),
-        )
-        return {str(pid): (str(title), metadata) for pid, title, metadata in rows}
 
     def iter_products(self, *, offset: int = 0, limit: int | None = None) -> list[Product]:
         # Byte order (COLLATE "C"), as sqlite sorts text: the same pages on both.
@@ -243,21 +283,6 @@ class PgState:
             f" WHERE {_SEARCHABLE} ORDER BY image_id"
         )
         return [SearchableImage(int(i), str(p), str(h), str(o)) for i, p, h, o in rows]
-
-    def previews(self, image_ids: Iterable[int]) -> dict[int, PreviewImage]:
-        # LATERAL: the index finds a confirmed photo's product images (a join on a CASE
-        # would scan every image).
-        rows = self._rows(
-            "SELECT m.image_id, s.image_id, s.ref FROM {images} m CROSS JOIN LATERAL ("
-            f" SELECT m.image_id, m.ref WHERE m.origin = '{CATALOG}' UNION ALL"
-            " (SELECT c.image_id, c.ref FROM {images} c WHERE m.origin <> %s"
-            f" AND c.product_id = m.product_id AND c.origin = '{CATALOG}'"
-            f" AND c.status = '{OK}' AND c.content_hash IS NOT NULL"
-            " ORDER BY c.position LIMIT 1)) AS s (image_id, ref)"
-            " WHERE m.image_id = ANY(%s)",
-            (CATALOG, list(image_ids)),
-        )
-        return {int(matched): PreviewImage(int(shown), str(ref)) for matched, shown, ref in rows}
 
     def failed_images(self) -> list[FailedImage]:
         rows = self._rows(

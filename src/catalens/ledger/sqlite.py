@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from catalens.ledger.blobs import from_blob, to_blob
+from catalens.ledger.sqlite_pending import PendingVerdicts
 from catalens.ledger.sqlite_schema import migrate
 from catalens.ledger.sqlite_writes import apply_changes
 from catalens.ledger.state import (
@@ -72,7 +73,7 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-class SqliteState:
+class SqliteState(PendingVerdicts):
     """One collection's state in its folder; thread-safe (one connection behind a lock)."""
 
     def __init__(self, directory: Path) -> None:

@@ -16,6 +16,8 @@ records the new ``schema_version`` in ``meta``. A file newer than this code is r
 - ``photo_provenance`` (``view_provenance`` in version 1) and ``negatives``: what shoppers'
   feedback taught: where each confirmed photo came from, and the query vectors a product was
   wrongly matched to. Both go with their image or product.
+- ``pending_verdicts`` (version 3): verdicts from callers without a key, recorded with their
+  photo and vectors but not applied (``feedback/trust.py``). They go with their product.
 - ``meta``: key -> text (schema version, generation, calibration, domain mean, last sync).
 """
 
@@ -56,8 +58,24 @@ def _v2_photo_provenance(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE view_provenance RENAME TO photo_provenance")
 
 
+def _v3_pending_verdicts(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE pending_verdicts ("
+        "pending_id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "product_id TEXT NOT NULL REFERENCES products(id) ON DELETE CASCADE, "
+        "verdict TEXT NOT NULL, content_hash TEXT NOT NULL, client TEXT NOT NULL, "
+        "created_at REAL NOT NULL, user TEXT, query_id TEXT, query_vector BLOB NOT NULL, "
+        "plain_vector BLOB NOT NULL, photo BLOB NOT NULL)"
+    )
+    db.execute("CREATE INDEX pending_by_product ON pending_verdicts(product_id)")
+    db.execute("CREATE INDEX pending_by_hash ON pending_verdicts(content_hash)")
+
+
 Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: tuple[tuple[int, Migration], ...] = ((2, _v2_photo_provenance),)
+MIGRATIONS: tuple[tuple[int, Migration], ...] = (
+    (2, _v2_photo_provenance),
+    (3, _v3_pending_verdicts),
+)
 """(the version it brings a ledger to, the step), in order."""
 SCHEMA_VERSION = MIGRATIONS[-1][0] if MIGRATIONS else 1
 """The version this code reads and writes."""

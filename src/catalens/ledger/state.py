@@ -3,9 +3,10 @@
 ``CollectionState`` is the one interface through which a collection reads and writes its
 config, products, product images, the vector cache (content hash -> embedding), confirmed
 photos (shopper photos that feedback made one more image of a product) with their
-provenance and bytes, hard negatives, the calibration, the domain (query) mean, the
-last-sync report and the generation counter. ``sqlite.SqliteState`` and ``pg_state.PgState``
-implement it; any other implementation must pass ``tests/contract/test_state_contract.py``.
+provenance and bytes, hard negatives, pending (untrusted) verdicts, the calibration, the
+domain (query) mean, the last-sync report and the generation counter.
+``sqlite.SqliteState`` and ``pg_state.PgState`` implement it; any other implementation
+must pass ``tests/contract/test_state_contract.py``.
 
 Signatures use only the frozen records below, plain Python values, JSON-able mappings and
 numpy arrays, so an implementation may keep them anywhere (a file, a server).
@@ -157,6 +158,25 @@ class NegativeRow:
     created_at: float
     user: str | None
     query_id: str | None
+
+
+@dataclass(frozen=True, eq=False)
+class PendingVerdictRow:
+    """A verdict recorded but not applied: feedback from a caller without a key, waiting
+    to agree with the model, to be corroborated, or to be approved (``feedback/trust.py``).
+    The photo's bytes are kept apart (``pending_photo``)."""
+
+    pending_id: int
+    product_id: str
+    verdict: str
+    content_hash: str
+    client: str
+    """Who sent it (the caller's address): corroboration counts distinct clients."""
+    created_at: float
+    user: str | None
+    query_id: str | None
+    query_vector: NDArray[np.float32]
+    plain_vector: NDArray[np.float32]
 
 
 class CollectionState(Protocol):
@@ -326,6 +346,41 @@ class CollectionState(Protocol):
         ...
 
     def negative_count(self, product_id: str | None = None) -> int: ...
+
+    # -- pending verdicts -------------------------------------------------------------------
+
+    def add_pending(
+        self,
+        product_id: str,
+        verdict: str,
+        *,
+        photo: bytes,
+        content_hash: str,
+        client: str,
+        query_vector: NDArray[np.float32],
+        plain_vector: NDArray[np.float32],
+        user: str | None = None,
+        query_id: str | None = None,
+    ) -> int:
+        """Record a verdict that is not applied yet, with its photo; its id. Goes with its
+        product."""
+        ...
+
+    def pending_verdicts(
+        self, product_id: str | None = None, *, content_hash: str | None = None
+    ) -> list[PendingVerdictRow]:
+        """Pending verdicts (naming one product, and/or on one photo), oldest first."""
+        ...
+
+    def pending_photo(self, pending_id: int) -> bytes | None:
+        """The photo of a pending verdict, or ``None`` when there is no such verdict."""
+        ...
+
+    def remove_pending(self, pending_ids: Iterable[int]) -> int:
+        """Forget pending verdicts (applied or rejected); how many there were."""
+        ...
+
+    def pending_count(self) -> int: ...
 
 
 def metadata_matches(metadata: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:

@@ -193,6 +193,24 @@ class DomainCentering:
             )
         return {"count": count, "mean": mean.tolist()}
 
+    def adopt(self, shared: Mapping[str, Any] | None) -> None:
+        """Follow ``shared`` (the mean another process just folded into) without writing:
+        what was observed here since the last fold stays pending, counted on top of it."""
+        if not shared:
+            return
+        values = np.array(shared.get("mean", ()), dtype=np.float64)  # a copy: kept here
+        if values.size != self.dim:
+            return
+        with self._lock:
+            n = self._pending
+            self.count, self.mean = fold_mean(
+                int(shared.get("count", 0)),
+                values,
+                n,
+                self._pending_sum / max(n, 1),
+                self.window,
+            )
+
     def current(self, min_queries: int) -> NDArray[np.float32] | None:
         with self._lock:
             if self.count < min_queries:

@@ -20,7 +20,8 @@ collection's state changed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,10 +43,53 @@ cheap; FAISS stores hand back their own in-memory vectors anyway
 (``stores.base.HoldsVectors``)."""
 
 
+@dataclass(frozen=True)
+class ProductFacts:
+    """What ``ProductVectors`` knew at one change of the state: the scoring of one search
+    reads the state's change marker once (``ProductVectors.current``) and then this."""
+
+    state: CollectionState
+    dim: int
+    multi: frozenset[str] = frozenset()
+    """Products with more than one searchable image."""
+    negative_vectors: Mapping[str, NDArray[np.float32]] = field(default_factory=dict)
+    rows: Mapping[int, int] | None = None
+    """image id -> its row of ``matrix``, when the vectors are kept in memory."""
+    by_product: Mapping[str, list[int]] = field(default_factory=dict)
+    matrix: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+
+    def current(self) -> ProductFacts:
+        return self
+
+    def multi_image(self) -> frozenset[str]:
+        return self.multi
+
+    def negatives(self) -> Mapping[str, NDArray[np.float32]]:
+        """product id -> the (n, d) query vectors it was wrongly matched to."""
+        return self.negative_vectors
+
+    def of_products(self, product_ids: Iterable[str]) -> dict[str, NDArray[np.float32]]:
+        """product id -> the (n, d) vectors of its searchable images."""
+        if self.rows is None:
+            wanted = list(product_ids)
+            return self.state.vectors_by_product(wanted, self.dim) if wanted else {}
+        return {
+            pid: self.matrix[self.by_product[pid]] for pid in product_ids if pid in self.by_product
+        }
+
+    def vectors_of_images(self, image_ids: list[int]) -> NDArray[np.float32]:
+        """The vectors of these searchable images, in the order given."""
+        rows = self.rows
+        if rows is None or any(i not in rows for i in image_ids):
+            return self.state.vectors_of_images(image_ids, self.dim)
+        return self.matrix[[rows[i] for i in image_ids]]
+
+
 class ProductVectors:
     """Per-collection facts the scoring needs, reloaded when the state changed: which
     products have several searchable images, every hard negative, and (within
-    ``MEMORY_CAP``) every searchable vector."""
+    ``MEMORY_CAP``) every searchable vector. Each method checks the state's change marker;
+    ``current`` checks it once and hands back the facts for a whole search."""
 
     def __init__(self, state: CollectionState, dim: int, *, memory_cap: int = MEMORY_CAP) -> None:
         self._state = state
@@ -53,64 +97,60 @@ class ProductVectors:
         self._memory_cap = memory_cap
         self._lock = threading.Lock()
         self._key: tuple[int, ...] | None = None
-        self._multi: frozenset[str] = frozenset()
-        self._negatives: dict[str, NDArray[np.float32]] = {}
-        self._rows: dict[int, int] | None = None
-        self._by_product: dict[str, list[int]] = {}
-        self._matrix: NDArray[np.float32] = np.zeros((0, dim), dtype=np.float32)
+        self._facts = ProductFacts(state, dim, matrix=np.zeros((0, dim), dtype=np.float32))
 
-    def _refresh(self) -> None:
+    def current(self) -> ProductFacts:
+        """The facts as of the state's change marker now (one read of it)."""
         version = self._state.change_marker()
         with self._lock:
-            if version == self._key:
-                return
-            images = self._state.searchable_images()
-            counts: dict[str, int] = {}
-            for image in images:
-                counts[image.product_id] = counts.get(image.product_id, 0) + 1
-            self._multi = frozenset(pid for pid, n in counts.items() if n > 1)
-            negatives: dict[str, list[NDArray[np.float32]]] = {}
-            for negative in self._state.negatives():
-                if negative.vector.size == self._dim:
-                    negatives.setdefault(negative.product_id, []).append(negative.vector)
-            self._negatives = {pid: np.vstack(vs) for pid, vs in negatives.items()}
-            self._rows = None
-            self._by_product = {}
-            if len(images) * self._dim * 4 <= self._memory_cap:
-                self._matrix = self._state.vectors_for([i.content_hash for i in images], self._dim)
-                self._rows = {image.image_id: row for row, image in enumerate(images)}
-                for row, image in enumerate(images):
-                    self._by_product.setdefault(image.product_id, []).append(row)
-            self._key = version
+            if version != self._key:
+                self._facts = self._load()
+                self._key = version
+            return self._facts
+
+    def _load(self) -> ProductFacts:
+        images = self._state.searchable_images()
+        counts: dict[str, int] = {}
+        for image in images:
+            counts[image.product_id] = counts.get(image.product_id, 0) + 1
+        negatives: dict[str, list[NDArray[np.float32]]] = {}
+        for negative in self._state.negatives():
+            if negative.vector.size == self._dim:
+                negatives.setdefault(negative.product_id, []).append(negative.vector)
+        facts = ProductFacts(
+            self._state,
+            self._dim,
+            multi=frozenset(pid for pid, n in counts.items() if n > 1),
+            negative_vectors={pid: np.vstack(vs) for pid, vs in negatives.items()},
+            matrix=np.zeros((0, self._dim), dtype=np.float32),
+        )
+        if len(images) * self._dim * 4 > self._memory_cap:
+            return facts
+        by_product: dict[str, list[int]] = {}
+        for row, image in enumerate(images):
+            by_product.setdefault(image.product_id, []).append(row)
+        return replace(
+            facts,
+            rows={image.image_id: row for row, image in enumerate(images)},
+            by_product=by_product,
+            matrix=self._state.vectors_for([i.content_hash for i in images], self._dim),
+        )
 
     def multi_image(self) -> frozenset[str]:
         """Products with more than one searchable image."""
-        self._refresh()
-        return self._multi
+        return self.current().multi_image()
 
-    def negatives(self) -> dict[str, NDArray[np.float32]]:
+    def negatives(self) -> Mapping[str, NDArray[np.float32]]:
         """product id -> the (n, d) query vectors it was wrongly matched to."""
-        self._refresh()
-        return self._negatives
+        return self.current().negatives()
 
     def of_products(self, product_ids: Iterable[str]) -> dict[str, NDArray[np.float32]]:
         """product id -> the (n, d) vectors of its searchable images."""
-        self._refresh()
-        if self._rows is None:
-            return self._state.vectors_by_product(product_ids, self._dim)
-        return {
-            pid: self._matrix[self._by_product[pid]]
-            for pid in product_ids
-            if pid in self._by_product
-        }
+        return self.current().of_products(product_ids)
 
     def vectors_of_images(self, image_ids: list[int]) -> NDArray[np.float32]:
         """The vectors of these searchable images, in the order given."""
-        self._refresh()
-        rows = self._rows
-        if rows is None or any(i not in rows for i in image_ids):
-            return self._state.vectors_of_images(image_ids, self._dim)
-        return self._matrix[[rows[i] for i in image_ids]]
+        return self.current().vectors_of_images(image_ids)
 
 
 def best_matches(matches: Iterable[ImageMatch]) -> ProductScores:
@@ -127,19 +167,21 @@ def score_products(
     matches: list[ImageMatch],
     *,
     options: SearchOptions,
-    product_vectors: ProductVectors,
+    product_vectors: ProductVectors | ProductFacts,
     mean: NDArray[np.float32] | None = None,
     cosine: bool = True,
 ) -> ProductScores:
     """Product scores from image matches (sorted best first), in the space the matches were
-    scored in: centred on ``mean`` when it is given."""
+    scored in: centred on ``mean`` when it is given. ``product_vectors`` is read at one
+    change of the state (``current``) for the whole call."""
     best = best_matches(matches)
     if not cosine or not best:
         return best  # aggregation and penalties are defined on cosines
+    facts = product_vectors.current()
     q = query if mean is None else l2_normalize((query - mean).reshape(1, -1))[0]
     if options.aggregation == "blend" and options.blend_weight < 1.0:
-        multi = product_vectors.multi_image()
-        grouped = product_vectors.of_products([pid for pid in best if pid in multi])
+        multi = facts.multi_image()
+        grouped = facts.of_products([pid for pid in best if pid in multi])
         if grouped:
             pids = list(grouped)
             stacked = np.vstack([grouped[pid] for pid in pids])
@@ -151,7 +193,7 @@ def score_products(
                 score, image_id = best[pid]
                 best[pid] = (weight * score + (1.0 - weight) * float(cosine), image_id)
     if options.negative_penalty > 0:
-        negatives = product_vectors.negatives()
+        negatives = facts.negatives()
         for pid in [p for p in best if p in negatives]:
             penalty = negative_penalty(q, negatives[pid], options, mean)
             if penalty:

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from PIL import Image
 
 from catalens import __version__
 from catalens.embedders import Preprocessing
-from catalens.errors import BlockedURLError, ModelError
-from catalens.ingest.decode import ImageLimits, decode_image, read_image_file
+from catalens.errors import BlockedURLError, BusyError, ModelError
+from catalens.ingest.decode import ImageLimits, PixelBudget, decode_image, read_image_file
 from catalens.ingest.fetch import ImageFetcher
+from catalens.ingest.http_deadline import deadline_client
 from catalens.ingest.url_guard import AddressGuard
 from catalens.refs import is_url
 from catalens.service.trusted import TrustedPath
@@ -37,7 +37,9 @@ __all__ = [
     "check_query_image",
     "decode_query",
     "draft_size",
+    "query_budget",
     "query_bytes",
+    "query_limits",
 ]
 
 
@@ -60,16 +62,21 @@ class QueryFetcher:
     Loopback, private, link-local and metadata addresses are refused (after DNS resolution
     and on every redirect) unless their host is in ``CATALENS_URL_ALLOWLIST``. Each query gets
     a fresh, throw-away fetcher cache: nothing a user asked for is kept on disk.
+
+    A fetch ends within ``url_fetch_timeout`` in all (connect, headers, body, retries and
+    redirects), and at most ``url_fetch_concurrency`` run at once: past that, ``BusyError``
+    at once, so slow hosts cannot hold every thread the server searches uploads on.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._guard = AddressGuard(allow_hosts=frozenset(settings.url_allowlist))
         self._timeout = settings.url_fetch_timeout
         self._max_bytes = settings.max_upload_bytes
-        self._client = httpx.Client(
+        self._slots = threading.BoundedSemaphore(settings.url_fetch_concurrency)
+        self._client = deadline_client(
             timeout=settings.url_fetch_timeout,
-            follow_redirects=False,
             headers={"User-Agent": f"catalens/{__version__} (search by URL)"},
+            max_connections=settings.url_fetch_concurrency,
         )
         self._lock = threading.Lock()
         self._root: Path | None = None
@@ -80,6 +87,17 @@ class QueryFetcher:
             raise TypeError(f"QueryFetcher.fetch takes a RemoteURL, not {type(url).__name__}")
         if not is_url(url.url):
             raise BlockedURLError(url.url, "only http and https URLs can be searched by URL")
+        if not self._slots.acquire(blocking=False):
+            raise BusyError(
+                "too many searches by URL are being fetched; try again shortly",
+                retry_after=self._timeout,
+            )
+        try:
+            return self._fetch(url)
+        finally:
+            self._slots.release()
+
+    def _fetch(self, url: RemoteURL) -> bytes:
         with tempfile.TemporaryDirectory(dir=self._scratch()) as cache:
             fetcher = ImageFetcher(
                 Path(cache),
@@ -90,6 +108,7 @@ class QueryFetcher:
                 max_bytes=self._max_bytes,
                 guard=self._guard,
                 client=self._client,
+                deadline=self._timeout,
             )
             with fetcher:
                 return fetcher.fetch(url.url).data
@@ -129,13 +148,32 @@ def decode_query(
     fetcher: QueryFetcher,
     limits: ImageLimits,
     draft_size: tuple[int, int] | None = None,
+    budget: PixelBudget | None = None,
 ) -> Image.Image:
-    """A query image decoded to RGB (see ``CatalensService.decode_query``)."""
+    """A query image decoded to RGB (see ``CatalensService.decode_query``), at the size
+    ``draft_size`` asks for where the format allows, within ``budget``."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     source = "query image" if isinstance(image, bytes) else str(image)
     data = query_bytes(image, fetcher=fetcher, max_bytes=limits.max_bytes)
-    return decode_image(data, source=source, limits=limits, draft_size=draft_size)
+    return decode_image(
+        data, source=source, limits=limits, draft_size=draft_size, budget=budget, reduce=True
+    )
+
+
+def query_limits(settings: Settings) -> ImageLimits:
+    """What a query photo may cost: the image limits, and at most ``max_query_pixels``
+    decoded (anyone may send a query; catalog images come from the operator)."""
+    return ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_decode_pixels=min(settings.max_query_pixels, settings.max_image_pixels),
+    )
+
+
+def query_budget(settings: Settings) -> PixelBudget:
+    """The one budget of query pixels being decoded at once (``decode_pixel_budget``)."""
+    return PixelBudget(settings.decode_pixel_budget, wait=settings.decode_wait_seconds)
 
 
 def check_query_image(image: object) -> None:

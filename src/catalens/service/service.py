@@ -20,35 +20,35 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from catalens.catalog.base import CatalogSource
 from catalens.collection.collection import Collection
-from catalens.collection.config import CollectionConfig, SourceConfig
-from catalens.collection.refit import recalibrate, refit_if_due
-from catalens.embedders.base import Embedder, embed_images
+from catalens.collection.config import CollectionConfig, SourceConfig, check_name
+from catalens.collection.refit import recalibrate
+from catalens.embedders.base import Embedder
 from catalens.embedders.onnx_export import ExportResult
-from catalens.errors import ConfigError, NoSourceError
-from catalens.feedback import confirmed_photos as photos
+from catalens.errors import AlreadyExistsError
 from catalens.feedback.confirmed_photos import ConfirmedPhoto
-from catalens.feedback.verdicts import FeedbackParts, FeedbackResult, Verdict, give_feedback
+from catalens.feedback.trust import TRUSTED, Trust
+from catalens.feedback.verdicts import FeedbackResult, Verdict
 from catalens.ingest.decode import ImageLimits
 from catalens.ingest.fetch import ImageFetcher
-from catalens.ingest.pipeline import Ingestor, IngestReport, LoadEngine, Progress
-from catalens.ledger.state import ChangeSet
+from catalens.ingest.pipeline import IngestReport, Progress
+from catalens.ledger.state import ChangeSet, PendingVerdictRow
 from catalens.search.calibration import Calibration
-from catalens.service import models, query_image, sources
+from catalens.service import models, query_image
 from catalens.service.collections import CollectionRegistry, CollectionSummary, new_config
-from catalens.service.query_image import QueryFetcher, QueryImage, check_query_image, draft_size
-from catalens.service.search import embed_text, search_collections
-from catalens.service.sources import check_source, is_rest, open_source, sync_summary
+from catalens.service.feedback_ops import FeedbackOps
+from catalens.service.ingesting import IngestWiring, check_engine, operator_fetcher
+from catalens.service.query_image import QueryFetcher, QueryImage
+from catalens.service.querying import ALL, QueryOps
+from catalens.service.search import embed_text
+from catalens.service.sources import check_source
 from catalens.service.stores import query_log, state_database, store_factory
 from catalens.service.trusted import TRUSTED_REFS, TrustedRefs
 from catalens.service.untrusted import UntrustedReads
-from catalens.service.upsert_refs import check_upsert_refs, guarded_fetcher
 from catalens.settings import Settings
 from catalens.types import Hit, Product, SearchResult
 
 EmbedderLoader = Callable[[str], Embedder]
-ALL = "all"
 
 
 class CatalensService:
@@ -80,6 +80,10 @@ class CatalensService:
         self.limits = ImageLimits(
             max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
         )
+        self.query_limits = query_image.query_limits(settings)
+        """What a query photo may cost (``max_query_pixels`` decoded at most)."""
+        self.decode_budget = query_image.query_budget(settings)
+        """Query pixels being decoded at once, across threads (``decode_pixel_budget``)."""
         self.fetcher = fetcher or operator_fetcher(settings)
         """Fetches catalog images: any local path or URL the operator's catalog names."""
         self.query_fetcher = query_fetcher or QueryFetcher(settings)
@@ -87,6 +91,21 @@ class CatalensService:
         self.untrusted = UntrustedReads(settings)
         """Reads what the HTTP API names: upserted images, its sources and their images."""
         self.queries = query_log(settings, self.database)
+        self._wiring = IngestWiring(
+            settings, self.limits, self.fetcher, self.untrusted, self._load_embedder, self
+        )
+        self._querying = QueryOps(
+            settings,
+            self.limits,
+            self.query_limits,
+            self.decode_budget,
+            self.query_fetcher,
+            self.queries,
+            self,
+        )
+        self._feedback = FeedbackOps(
+            settings, self.limits, self.queries, self._querying.photo_bytes, self._ingest_lock, self
+        )
 
     def export_model(
         self, spec: str | None = None, *, quantize: str | None = None, force: bool = False
@@ -153,14 +172,20 @@ class CatalensService:
             source = replace(source, untrusted=True)
         if source is not None and source.untrusted:
             check_source(source, self.settings)  # refused before any collection exists
+        check_name(name)
+        if name in self.collection_names():  # answered at once, not after loading a model
+            raise AlreadyExistsError(f"collection {name!r} already exists")
+        spec = model or self.settings.model
+        # The model loads here, outside the registry's lock: a slow load (a hub's retries)
+        # must not hold up the searches of other collections, which open through that lock.
+        identity = self.embedder(spec).identity
 
         def config() -> CollectionConfig:
-            spec = model or self.settings.model
             return new_config(
                 self.settings,
                 name,
                 spec,
-                self.embedder(spec).identity,
+                identity,
                 store=store,
                 index=index,
                 metric=metric,
@@ -205,63 +230,34 @@ class CatalensService:
         ``engine`` loads and embeds the images in this process (``local``) or on a Ray
         cluster (``ray``, the ``ray`` extra: ``ray_address``, or a local cluster).
         """
-        if engine not in ("local", "ray"):
-            raise ConfigError(f"unknown ingest engine {engine!r}: use local or ray")
-        syncing = source is None
+        check_engine(engine)
         with self._ingest_lock(name):
-            exists = name in self.collection_names()
-            if exists and force:
-                self.delete_collection(name)
-                exists = False
-            if exists:
-                collection = self.collection(name)
-                if model is not None:
-                    collection.check_model(self.embedder(model).identity)
-                if source is None:
-                    source = collection.config.source
-                    if source is None:
-                        raise NoSourceError(f"collection {name!r} has no source configured")
-                source = sources.with_stored_options(source, collection.config.source)
-                catalog = self._open_source(source)
-            else:
-                if source is None:
-                    raise ConfigError(f"collection {name!r} does not exist: give a --source")
-                # A source that cannot be read fails before any collection is created.
-                catalog = self._open_source(source)
-                collection = self.create_collection(
-                    name,
-                    model=model,
-                    index=index,
-                    metric=metric,
-                    store=store,
-                    source=source,
-                    trusted=TRUSTED_REFS,  # the caller's source (CLI, library), as it is
-                )
-            fetcher = self.untrusted.fetcher() if source.untrusted else self.fetcher
-            ingestor = self._ingestor(collection, progress, fetcher)
-            ingestor.revalidate_urls = syncing or is_rest(source)
-            ingestor.max_removed_share = None if force_removals else self.settings.max_removed_share
-            if engine == "ray":
-                ingestor.engine = self._ray_engine(collection, source.untrusted, ray_address)
-            report = ingestor.run(catalog)
-            if source != collection.config.source:  # kept once it was read (and allowed)
-                collection.update_source(source)
-            collection.ledger.set_last_sync(sync_summary(report))
-            collection.ledger.prune_vectors()
-            if report.products_added or report.products_removed or report.images_embedded:
-                recalibrate(collection)
-            return report
+            collection, resolved, catalog = self._wiring.target(
+                name, source, model=model, index=index, metric=metric, store=store, force=force
+            )
+            return self._wiring.run(
+                collection,
+                self.embedder_for(collection),
+                resolved,
+                catalog,
+                syncing=source is None,
+                progress=progress,
+                force_removals=force_removals,
+                engine=engine,
+                ray_address=ray_address,
+            )
 
-    def sync(self, name: str, *, progress: Progress | None = None) -> IngestReport:
-        return self.ingest(name, progress=progress)
+    def sync(
+        self, name: str, *, progress: Progress | None = None, force_removals: bool = False
+    ) -> IngestReport:
+        """Bring collection ``name`` in line with its configured source; ``force_removals``
+        lets it remove more than ``max_removed_share`` of the products."""
+        return self.ingest(name, progress=progress, force_removals=force_removals)
 
     def create_backend_collection(self, name: str, endpoint: str) -> Collection:
         """A collection whose source is ``<rest_url>/<endpoint>``: the operator's shop backend
         (``rest_url``, seed 000's NESTJS_SERVER), read like a catalog the CLI named."""
-        if not self.settings.rest_url:
-            raise ConfigError("no rest_url is configured (CATALENS_REST_URL)")
-        location = f"{self.settings.rest_url.rstrip('/')}/{endpoint.lstrip('/')}"
-        source = SourceConfig(location=location, format="rest")
+        source = self._wiring.backend_source(endpoint)
         return self.create_collection(name, source=source, trusted=TRUSTED_REFS)
 
     def catalog_fetcher(self, name: str) -> ImageFetcher:
@@ -269,10 +265,7 @@ class CatalensService:
         for a source the CLI or library named; else (a source named over the HTTP API, or no
         source: its images came by upsert) the guarded one that reads local files only under
         ``api_local_image_dirs``."""
-        source = self.collection(name).config.source
-        if source is not None and not source.untrusted:
-            return self.fetcher
-        return self.untrusted.fetcher()
+        return self._wiring.fetcher_for(self.collection(name).config.source)
 
     def upsert_products(
         self, name: str, products: Sequence[Product], *, trusted: TrustedRefs | None = None
@@ -283,13 +276,9 @@ class CatalensService:
         behind the address guard, and a local path outside ``api_local_image_dirs`` is
         refused (``BlockedPathError``) before anything is written."""
         collection = self.collection(name)
-        if trusted is None:
-            check_upsert_refs(products, self.settings.api_local_image_dirs)
-        fetcher = self.fetcher if trusted is not None else self.untrusted.fetcher()
+        fetcher = self._wiring.upsert_fetcher(products, trusted)
         with self._ingest_lock(name):
-            ingestor = self._ingestor(collection, None, fetcher)
-            ingestor.remove_missing = False
-            return ingestor.run(products)
+            return self._wiring.upsert(collection, self.embedder_for(collection), fetcher, products)
 
     def delete_products(self, name: str, product_ids: Sequence[str]) -> int:
         collection = self.collection(name)
@@ -298,45 +287,11 @@ class CatalensService:
         collection.apply(ChangeSet(removed_products=[p for p in product_ids if p in known]))
         return len(product_ids) - len(missing)
 
-    def _ingestor(
-        self, collection: Collection, progress: Progress | None, fetcher: ImageFetcher
-    ) -> Ingestor:
-        ingestor = Ingestor(
-            collection=collection,
-            embedder=self.embedder_for(collection),
-            fetcher=fetcher,
-            limits=self.limits,
-            batch_size=self.settings.batch_size,
-            # Fetch and decode share the pool: downloads wait on the network, not the CPU.
-            workers=self.settings.download_workers,
-        )
-        if progress is not None:
-            ingestor.progress = progress
-        return ingestor
-
-    def _ray_engine(
-        self, collection: Collection, untrusted: bool, address: str | None
-    ) -> LoadEngine:
-        # Imported here: ray is an optional extra, needed only for --engine ray.
-        from catalens.ingest.ray_engine import RayEngine
-
-        # Workers make their own model and fetcher from these (the settings travel pickled).
-        fetchers = guarded_fetcher if untrusted else operator_fetcher
-        return RayEngine(
-            embedder_factory=partial(self._load_embedder, collection.config.model_spec),
-            fetcher_factory=partial(fetchers, self.settings),
-            address=address,
-        )
-
-    def _open_source(self, source: SourceConfig) -> CatalogSource:
-        client = self.untrusted.rest_client() if source.untrusted else None
-        return open_source(source, self.settings, rest_client=client)
-
     def _ingest_lock(self, name: str) -> threading.Lock:
         with self._lock:
             return self._ingest_locks.setdefault(name, threading.Lock())
 
-    # -- feedback (see feedback/verdicts.py and feedback/confirmed_photos.py) ------------
+    # -- feedback (see feedback_ops.py) --------------------------------------------------
 
     def feedback(
         self,
@@ -348,61 +303,49 @@ class CatalensService:
         image: QueryImage | None = None,
         user: str | None = None,
         recalibrate: bool = True,
+        trust: Trust = TRUSTED,
     ) -> FeedbackResult:
         """Record a verdict on a photo (a kept ``query_id`` or an ``image``) and a product:
-        ``correct``/``actually`` make it a confirmed view, ``wrong`` a hard negative."""
-        if image is not None:
-            check_query_image(image)
-        collection = self.collection(name)
-        parts = FeedbackParts(
-            queries=self.queries,
-            embedder=lambda: self.embedder_for(collection),
-            limits=self.limits,
-            lock=self._ingest_lock(name),
-            max_views=self.settings.max_confirmed_views,
-        )
-        return give_feedback(
-            collection,
-            parts,
+        ``correct``/``actually`` make it a confirmed view, ``wrong`` a hard negative. An
+        untrusted verdict may wait as a pending verdict (``feedback/trust.py``)."""
+        return self._feedback.give(
+            name,
             verdict=verdict,
             product_id=product_id,
             query_id=query_id,
-            photo=None if image is None else self._query_bytes(image),
+            image=image,
             user=user,
             recalibrate=recalibrate,
+            trust=trust,
         )
+
+    def pending_verdicts(self, name: str) -> list[PendingVerdictRow]:
+        """The verdicts waiting for review (untrusted, not applied), oldest first."""
+        return self.collection(name).ledger.pending_verdicts()
+
+    def pending_photo(self, name: str, pending_id: int) -> bytes | None:
+        return self.collection(name).ledger.pending_photo(pending_id)
+
+    def decide_pending(self, name: str, pending_id: int, *, approve: bool) -> FeedbackResult | None:
+        """Approve (apply) or reject (drop) a pending verdict; ``None`` when there is none."""
+        return self._feedback.decide(name, pending_id, approve=approve)
 
     def confirmed_views(self, name: str, product_id: str | None = None) -> list[ConfirmedPhoto]:
         """The confirmed views of one product (``ProductNotFoundError`` if there is no such
         product), or of every product."""
-        collection = self.collection(name)
-        if product_id is not None:
-            photos.require_product(collection, product_id)
-        return photos.list_photos(collection, product_id)
+        return self._feedback.confirmed_views(name, product_id)
 
     def remove_views(
         self, name: str, product_id: str, view_ids: Sequence[int] | None = None
     ) -> list[int]:
         """Remove confirmed views of a product (all with ``view_ids=None``); ids removed."""
-        collection = self.collection(name)
-        with self._ingest_lock(name):  # feedback and syncs of a collection take turns
-            removed = photos.remove_photos(
-                collection, product_id, None if view_ids is None else list(view_ids)
-            )
-            if removed:
-                refit_if_due(collection)
-        return removed
+        return self._feedback.remove_views(name, product_id, view_ids)
 
     def recalibrate(self, name: str) -> Calibration | None:
         """Refit a collection's calibration now; ``None`` when it cannot be fitted."""
         return recalibrate(self.collection(name))
 
     # -- queries (see query_image.py and search.py) --------------------------------------
-
-    def _query_bytes(self, image: QueryImage) -> bytes:
-        return query_image.query_bytes(
-            image, fetcher=self.query_fetcher, max_bytes=self.limits.max_bytes
-        )
 
     def decode_query(
         self, image: QueryImage, *, draft_size: tuple[int, int] | None = None
@@ -413,17 +356,10 @@ class CatalensService:
         ``draft_size``: a large JPEG may be decoded at a reduced scale still at least this
         big (``Preprocessing.draft_size``), which is most of a phone photo's decode time.
         """
-        return query_image.decode_query(
-            image, fetcher=self.query_fetcher, limits=self.limits, draft_size=draft_size
-        )
+        return self._querying.decode(image, draft_size=draft_size)
 
     def embed_image(self, image: QueryImage, *, model: str | None = None) -> NDArray[np.float32]:
-        check_query_image(image)
-        embedder = self.embedder(model)
-        draft = draft_size([embedder.identity.preprocessing], [(1.0,)])
-        decoded = self.decode_query(image, draft_size=draft)
-        vector: NDArray[np.float32] = embed_images(embedder, [decoded])[0]
-        return vector
+        return self._querying.embed_image(image, model=model)
 
     def embed_text(self, text: str, *, model: str | None = None) -> NDArray[np.float32]:
         return embed_text(self.embedder(model), text)
@@ -471,47 +407,17 @@ class CatalensService:
         ``ledger/query_log.py``) and the result's ``query_id`` lets feedback refer to it.
         ``exclude``: products left out as if not in the catalog (evaluation); without
         ``observe`` the photo does not count as a query seen (domain centering)."""
-        if (image is None) == (text is None):
-            raise ConfigError("search needs exactly one of an image or a text")
-        if image is not None:
-            check_query_image(image)
-        keep = keep and image is not None and self.queries.enabled
-        if keep and image is not None:
-            image = self._query_bytes(image)
-        names = self.collection_names() if name == ALL else [name]
-        opened = [self.collection(each) for each in names]  # unknown names fail first
-        draft = draft_size(
-            [c.config.model.preprocessing for c in opened],
-            [c.config.search.query_zooms for c in opened],
-        )
-        k = top_k or self.settings.top_k
-        found = search_collections(
-            opened,
-            photo=self.decode_query(image, draft_size=draft) if image is not None else None,
+        return self._querying.run(
+            name,
+            image=image,
             text=text,
-            embedder_for=self.embedder_for,
-            top_k=k,
-            threshold=threshold if threshold is not None else self.settings.threshold,
+            top_k=top_k,
+            threshold=threshold,
             filters=filters,
+            keep=keep,
             exclude=exclude,
             observe=observe,
-            everywhere=name == ALL,
         )
-        query_id = None
-        if keep and isinstance(image, bytes) and found.vectors:
-            query_id = self.queries.keep(image, found.vectors)
-        return SearchResult(query_id=query_id, hits=found.hits)
-
-
-def operator_fetcher(settings: Settings) -> ImageFetcher:
-    """The fetcher of the operator's catalogs: any local path or URL, one download cache."""
-    return ImageFetcher(
-        settings.cache_dir / "downloads",
-        workers=settings.download_workers,
-        timeout=settings.download_timeout,
-        retries=settings.download_retries,
-        max_bytes=settings.max_image_bytes,
-    )
 
 
 def build_service(settings: Settings | None = None) -> CatalensService:

@@ -4,7 +4,9 @@ A source named over the HTTP API (``SourceConfig.untrusted``) is checked each ti
 opened (``check_source``): a local catalog only under ``api_local_image_dirs``, a REST URL
 past the address guard, whose pages are then read through a guarded client. Secrets are the
 operator's: a source names a declared credential (``options.credential``, see
-``Settings.source_credentials``), resolved into a header only when the source is opened.
+``Settings.source_credentials``), resolved into a header only when the source is opened,
+and sent only to the URLs the credential's ``urls`` cover (without ``urls``, a credential
+only the CLI and library may name: the source's own origin), on every page and redirect.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import httpx
 
 from catalens.catalog import ColumnMapping, RestSource, open_catalog
 from catalens.catalog.base import CatalogSource
+from catalens.catalog.rest import ScopedHeaders
 from catalens.collection.config import SourceConfig
 from catalens.errors import BlockedURLError, ConfigError, FetchError
 from catalens.ingest.pipeline import IngestReport
@@ -41,16 +44,19 @@ def open_source(
     mapping = ColumnMapping(**source.mapping) if source.mapping else None
     if source.untrusted:
         check_source(source, settings)
-    options = _resolved_options(source, settings)
-    if source.untrusted and is_rest(source):
-        if rest_client is None:
+    options = dict(source.options)
+    name = options.pop(CREDENTIAL, None)
+    credential = None if name is None else _credential_headers(source, settings, name)
+    if is_rest(source):
+        if source.untrusted and rest_client is None:
             raise ValueError("an untrusted REST source is read through a guarded client")
         return RestSource(
             source.location,
             mapping=mapping,
             options=options,
             where=source.where,
-            client=rest_client,
+            client=rest_client if source.untrusted else None,
+            credential=credential,
         )
     return open_catalog(
         source.location,
@@ -61,20 +67,24 @@ def open_source(
     )
 
 
-def _resolved_options(source: SourceConfig, settings: Settings) -> dict[str, Any]:
-    """The options a catalog is opened with: a named credential becomes its header (set
-    last, so no ``headers`` option can replace it). Never stored: the config keeps the name."""
-    options = dict(source.options)
-    name = options.pop(CREDENTIAL, None)
-    if name is None:
-        return options
+def _credential_headers(source: SourceConfig, settings: Settings, name: object) -> ScopedHeaders:
+    """A named credential's header, for the URLs it may go to: its ``urls``, or without
+    them the source's own origin. Set after the ``headers`` option, so none can replace it;
+    never stored (the config keeps the name)."""
     credential = _credential(source, settings, name)
     value = credential.header_value()
     if value is None:
         where = f"the environment variable {credential.env}" if credential.env else "no value"
         raise ConfigError(f"source credential {name!r} has no token: {where} is empty")
-    options["headers"] = {**dict(options.get("headers") or {}), credential.header: value}
-    return options
+    headers = {credential.header: value}
+    if not credential.urls:
+        return ScopedHeaders.for_origin(headers, source.location)
+    if not credential.allows(source.location):
+        raise ConfigError(
+            f"source credential {name!r} may not be sent to {source.location}: the "
+            "operator lists the URLs it may go to (its urls)"
+        )
+    return ScopedHeaders(headers, credential.urls)
 
 
 def _credential(source: SourceConfig, settings: Settings, name: object) -> SourceCredential:

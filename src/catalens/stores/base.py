@@ -86,3 +86,17 @@ class HoldsVectors(Protocol):
     def vectors_of(self, image_ids: Sequence[int]) -> NDArray[np.float32] | None:
         """The stored vectors of ``image_ids``, in that order; None if any is missing."""
         ...
+
+
+@runtime_checkable
+class SearchesWithVectors(Protocol):
+    """A store in a server can return each match's stored vector with the search itself (the
+    rows are read by that scan anyway), which spares the re-scoring a second read and a
+    second round trip (pgvector does; FAISS holds its vectors, ``HoldsVectors``)."""
+
+    def search_with_vectors(
+        self, query: NDArray[np.float32], k: int
+    ) -> tuple[list[ImageMatch], NDArray[np.float32]]:
+        """Up to ``k`` images nearest the one ``query`` (d,), best first, as ``search``
+        finds them, and their stored vectors ((n, d), in the order of the matches)."""
+        ...

@@ -12,12 +12,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import psycopg
 from numpy.typing import NDArray
 from psycopg import sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
+from psycopg.pq import Format, TransactionStatus
 from psycopg.types.json import Jsonb
 
 from catalens.settings import Metric
@@ -50,28 +55,66 @@ class Searcher:
     m: int
 
     def nearest(
-        self, conn: Conn, table: str, query: NDArray[np.float32], k: int, *, exact: bool
-    ) -> list[ImageMatch]:
-        """The ``k`` nearest rows of ``table``, exactly or through the HNSW index."""
+        self,
+        conn: Conn,
+        table: str,
+        query: NDArray[np.float32],
+        k: int,
+        *,
+        exact: bool,
+        vectors: bool = False,
+    ) -> tuple[list[ImageMatch], NDArray[np.float32] | None]:
+        """The ``k`` nearest rows of ``table``, exactly or through the HNSW index, and with
+        ``vectors`` their embeddings ((n, d), in the same order), else None.
+
+        One round trip: the statements go out in one pipeline, in a transaction of their own
+        when ``conn`` is in autocommit (``hnsw.ef_search`` is set for it alone)."""
         if k > MAX_EF_SEARCH:
             exact = True
-        set_ef_search(conn, max(self.ef_search, k))
+        column = sql.SQL(", embedding" if vectors else "")
         # Exact: the ORDER BY sits above a subquery the index cannot order, so the plan is a
         # scan whatever the planner settings (psycopg's prepared statements keep their plans).
         template = (
-            "SELECT image_id, product_id, distance FROM (SELECT image_id, product_id,"
-            " embedding {op} %b AS distance FROM {table} OFFSET 0) c ORDER BY distance LIMIT {k}"
-            if exact
-            else "SELECT image_id, product_id, embedding {op} %b AS distance FROM {table}"
+            "SELECT image_id, product_id, distance{column} FROM (SELECT image_id, product_id,"
+            " embedding {op} %b AS distance{column} FROM {table} OFFSET 0) c"
             " ORDER BY distance LIMIT {k}"
+            if exact
+            else "SELECT image_id, product_id, embedding {op} %b AS distance{column}"
+            " FROM {table} ORDER BY distance LIMIT {k}"
         )
-        rows = conn.execute(
-            sql.SQL(template).format(
-                op=sql.SQL(OPS[self.metric][0]), table=self.names.table(table), k=sql.Literal(k)
-            ),
-            (query,),
-        ).fetchall()
-        return self.matches(rows)
+        statement = sql.SQL(template).format(
+            op=sql.SQL(OPS[self.metric][0]),
+            table=self.names.table(table),
+            k=sql.Literal(k),
+            column=column,
+        )
+        own = conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+        cursor = conn.cursor(binary=vectors)
+        if vectors:
+            cursor.adapters.register_loader("vector", _RawVectorLoader)
+        try:
+            with conn.pipeline():
+                if own:
+                    conn.execute("BEGIN")
+                set_ef_search(conn, max(self.ef_search, k))
+                cursor.execute(statement, (query,))
+                if own:
+                    conn.execute("COMMIT")
+            rows = cursor.fetchall()
+        except BaseException:
+            if own:
+                with suppress(psycopg.Error):
+                    conn.rollback()
+            raise
+        finally:
+            cursor.close()
+        if not vectors:
+            return self.matches(rows), None
+        # Each row's vector is a 4-byte header (dim, unused: one float's width) then
+        # big-endian float32s: one buffer of all of them is an (n, 1 + d) matrix.
+        packed = np.frombuffer(b"".join(row[3] for row in rows), dtype=">f4")
+        found = packed.reshape(len(rows), 1 + len(query))[:, 1:].astype(np.float32)
+        return self.matches(rows), found
 
     def plan(
         self,
@@ -154,10 +197,20 @@ class Searcher:
         return self.matches(rows)
 
     def matches(self, rows: list[tuple[Any, ...]]) -> list[ImageMatch]:
-        """Rows of (image id, product id, distance) as matches scored like ``FaissStore``."""
+        """Rows that begin (image id, product id, distance) as matches scored like
+        ``FaissStore``."""
         if self.metric == "cosine":
-            return [ImageMatch(int(i), str(p), 1.0 - float(d)) for i, p, d in rows]
-        return [ImageMatch(int(i), str(p), -float(d) * float(d)) for i, p, d in rows]
+            return [ImageMatch(int(r[0]), str(r[1]), 1.0 - float(r[2])) for r in rows]
+        return [ImageMatch(int(r[0]), str(r[1]), -float(r[2]) * float(r[2])) for r in rows]
+
+
+class _RawVectorLoader(Loader):
+    """pgvector's binary ``vector`` as its bytes, decoded for all rows at once (``nearest``)."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
 
 
 def set_ef_search(conn: Conn, ef_search: int) -> None:

@@ -42,6 +42,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
 
 from catalens.stores.inputs import UpsertBatch, as_ids, as_matrix
 from catalens.stores.pg_open import IndexSpec, PgIndex, open_schema
+from catalens.stores.pg_pool import open_pool
 from catalens.stores.pg_schema import (
     IMAGES,
     NEXT_IMAGES,
@@ -70,7 +71,6 @@ class _Write:
 
 def _configure(conn: Conn) -> None:
     register_vector(conn)
-    conn.commit()
 
 
 class PgVectorStore:
@@ -128,15 +128,12 @@ class PgVectorStore:
             model=model,
             timeout=connect_timeout,
         )
-        self._pool: ConnectionPool[Conn] = ConnectionPool(
+        self._pool: ConnectionPool[Conn] = open_pool(
             dsn,
-            min_size=1,
-            max_size=pool,
-            open=False,
-            configure=_configure,
-            check=ConnectionPool.check_connection,
-            kwargs={"connect_timeout": max(1, int(connect_timeout))},
+            size=pool,
             name=f"catalens-{self._names.schema}",
+            configure=_configure,
+            connect_timeout=connect_timeout,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
@@ -162,7 +159,7 @@ class PgVectorStore:
         return self._names
 
     def __len__(self) -> int:
-        with self._reading() as (conn, table):
+        with self._reading(transaction=False) as (conn, table):
             if self._write is not None and conn is self._write.conn:
                 row = conn.execute(
                     sql.SQL("SELECT count(*) FROM {}").format(self._names.table(table))
@@ -172,7 +169,7 @@ class PgVectorStore:
 
     def generation(self) -> str | None:
         """The tag given to the last ``flush`` (None if it had none)."""
-        with self._reading() as (conn, _):
+        with self._reading(transaction=False) as (conn, _):
             tag = read_meta_value(conn, self._names, "generation")
             return None if tag is None else str(tag)
 
@@ -297,11 +294,28 @@ class PgVectorStore:
             raise ValueError(f"k must be at least 1, got {k}")
         exact = self._exact if exact is None else exact
         searcher = self._searcher
-        with self._reading() as (conn, table):
-            if product_filter:
+        if product_filter:
+            with self._reading() as (conn, table):
                 plan = searcher.plan(conn, table, k, product_filter, exact=exact)
                 return [searcher.filtered(conn, table, q, k, product_filter, plan) for q in matrix]
-            return [searcher.nearest(conn, table, q, k, exact=exact) for q in matrix]
+        with self._reading(transaction=False) as (conn, table):
+            return [searcher.nearest(conn, table, q, k, exact=exact)[0] for q in matrix]
+
+    def search_with_vectors(
+        self, query: NDArray[np.float32], k: int
+    ) -> tuple[list[ImageMatch], NDArray[np.float32]]:
+        """Up to ``k`` images nearest one query, best first, and their stored vectors ((n, d),
+        in the order of the matches), read by the same statement
+        (``stores.base.SearchesWithVectors``)."""
+        matrix = as_matrix(query.reshape(1, -1), self._dim, "query")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        with self._reading(transaction=False) as (conn, table):
+            matches, vectors = self._searcher.nearest(
+                conn, table, matrix[0], k, exact=self._exact, vectors=True
+            )
+        assert vectors is not None
+        return matches, vectors
 
     # -- products and filters ----------------------------------------------------------------
 
@@ -354,6 +368,7 @@ class PgVectorStore:
             if self._write is None:
                 try:
                     conn = self._pool.getconn()
+                    conn.autocommit = False  # the pool's reset turns it back on
                 except Exception as exc:
                     raise StoreError(f"{self._where}: no connection: {exc}") from exc
                 self._write = _Write(conn)
@@ -373,8 +388,10 @@ class PgVectorStore:
                 ) from exc
 
     @contextmanager
-    def _reading(self) -> Iterator[tuple[Conn, str]]:
-        """A connection and the table to read: the writer's while changes are unflushed."""
+    def _reading(self, *, transaction: bool = True) -> Iterator[tuple[Conn, str]]:
+        """A connection and the table to read: the writer's while changes are unflushed,
+        else one from the pool, in a transaction, or in autocommit (one statement, or
+        statements that make their own: ``Searcher.nearest``) without ``transaction``."""
         with self._lock:
             if self._write is not None:
                 try:
@@ -387,7 +404,11 @@ class PgVectorStore:
                 return
         try:
             with self._pool.connection() as conn:
-                yield conn, IMAGES
+                if not transaction:
+                    yield conn, IMAGES
+                    return
+                with conn.transaction():
+                    yield conn, IMAGES
         except psycopg.Error as exc:
             raise StoreError(f"{self._where}: {exc}") from exc
 

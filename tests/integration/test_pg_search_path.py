@@ -1,0 +1,240 @@
+"""The search path on PostgreSQL, made lean without changing what it finds.
+
+The pgvector store returns each candidate's vector with the neighbour query
+(``SearchesWithVectors``), the state reads a search's hit rows in one round trip
+(``ReadsHitRows``), the scoring looks at the state's change marker once per search, and the
+store's pool checks a connection only after it sat idle. Every search here is compared with
+the path it replaces: the same hits, the same scores, bit for bit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from numpy.typing import NDArray
+
+from catalens.collection.collection import Collection
+from catalens.ledger.hit_rows import ReadsHitRows
+from catalens.ledger.state import ChangeSet, ImageChange
+from catalens.search.scoring import ProductVectors
+from catalens.service.service import CatalensService
+from catalens.stores.base import SearchesWithVectors, VectorStore
+from catalens.stores.pg_pool import IdleCheck
+from catalens.stores.pgvector_store import PgVectorStore
+from catalens.types import Hit, ImageMatch, Product
+from pgdb import fresh_database
+
+pytestmark = pytest.mark.postgres
+
+
+class PlainStore:
+    """The same store seen through the bare ``VectorStore`` protocol: the re-scoring must
+    read the candidates' vectors from the collection's state, as before the store could
+    return them."""
+
+    def __init__(self, store: VectorStore) -> None:
+        self._store = store
+
+    @property
+    def dim(self) -> int:
+        return self._store.dim
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def upsert(
+        self, image_ids: Sequence[int], product_ids: Sequence[str], vectors: NDArray[np.float32]
+    ) -> None:
+        self._store.upsert(image_ids, product_ids, vectors)
+
+    def delete(self, image_ids: Sequence[int]) -> None:
+        self._store.delete(image_ids)
+
+    def search(self, queries: NDArray[np.float32], k: int) -> list[list[ImageMatch]]:
+        return self._store.search(queries, k)
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def close(self) -> None:
+        self._store.close()
+
+    def drop(self) -> None:
+        self._store.drop()
+
+    def flush(self, tag: str | None = None) -> None:
+        self._store.flush(tag)
+
+    def generation(self) -> str | None:
+        return self._store.generation()
+
+
+@pytest.fixture(params=["hnsw", "flat"])
+def service(
+    request: pytest.FixtureRequest, pg_dsn: str, make_fake_service: Any, tmp_path: Path
+) -> Iterator[CatalensService]:
+    """A service on its own database, with domain centring and blended product scores."""
+    with fresh_database(pg_dsn) as dsn:
+        made: CatalensService = make_fake_service(
+            home=tmp_path / "home",
+            store=dsn,
+            index=request.param,
+            centering=True,
+            aggregation="blend",
+        )
+        yield made
+        made.close()
+
+
+def _unit(rows: NDArray[np.float64]) -> NDArray[np.float32]:
+    unit: NDArray[np.float32] = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(
+        np.float32
+    )
+    return unit
+
+
+def _filled(service: CatalensService, dim: int) -> tuple[Collection, NDArray[np.float32]]:
+    """A collection on PostgreSQL of 120 products around 6 centres; every third product has
+    a second image; one product has a hard negative. Returns it and 12 queries."""
+    collection = service.create_collection("lean")
+    assert collection.config.model.dim == dim
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((6, dim))
+    changes = ChangeSet()
+    hashes: list[str] = []
+    vectors: list[NDArray[np.float32]] = []
+    for p in range(120):
+        refs = [f"p{p}/a.jpg"] + ([f"p{p}/b.jpg"] if p % 3 == 0 else [])
+        changes.products.append(
+            Product(id=f"p{p}", title=f"product {p}", images=tuple(refs), metadata={"n": p})
+        )
+        for position, ref in enumerate(refs):
+            digest = f"{p:060x}{position:04x}"
+            hashes.append(digest)
+            vectors.append(_unit(centres[p % 6] + 0.6 * rng.standard_normal((1, dim)))[0])
+            changes.images.append(ImageChange(f"p{p}", ref, position, digest, "ok"))
+    collection.ledger.save_vectors(hashes, np.vstack(vectors))
+    collection.apply(changes)
+    queries = _unit(centres[np.arange(12) % 6] + 0.6 * rng.standard_normal((12, dim)))
+    collection.ledger.add_negative("p4", queries[4])
+    for query in _unit(rng.standard_normal((10, dim))):  # enough queries: centring is on
+        collection.observe_query(query)
+    return collection, queries
+
+
+def _searched(collection: Collection, queries: NDArray[np.float32], **options: Any) -> list[Hit]:
+    return [hit for q in queries for hit in collection.search(q, top_k=5, **options)]
+
+
+def test_the_store_returns_the_vectors_it_holds_with_the_same_neighbours(
+    service: CatalensService,
+) -> None:
+    collection, queries = _filled(service, service.embedder().identity.dim)
+    store = collection.store
+    assert isinstance(store, PgVectorStore) and isinstance(store, SearchesWithVectors)
+    saved = {i.image_id: i.content_hash for i in collection.ledger.searchable_images()}
+    for query in queries[:4]:
+        matches, vectors = store.search_with_vectors(query, 50)
+        assert matches == store.search(query[None, :], 50)[0]
+        assert vectors.dtype == np.float32 and vectors.shape == (50, store.dim)
+        expected = collection.ledger.vectors_for([saved[m.image_id] for m in matches], store.dim)
+        assert np.array_equal(vectors, expected)
+    # An unflushed change is searched, with its vector, by the writer that made it.
+    fresh = _unit(np.ones((1, store.dim)))
+    store.upsert([10_000], ["new"], fresh)
+    try:
+        matches, vectors = store.search_with_vectors(fresh[0], 3)
+        assert matches[0].image_id == 10_000 and np.array_equal(vectors[0], fresh[0])
+    finally:
+        store.close()  # rolls the unflushed upsert back
+
+
+def test_search_finds_the_same_hits_and_scores_as_with_the_vectors_from_the_state(
+    service: CatalensService,
+) -> None:
+    collection, queries = _filled(service, service.embedder().identity.dim)
+    assert collection.centering.current(collection.config.search.centering_min_queries) is not None
+    lean = {
+        "centred": _searched(collection, queries),
+        "plain": _searched(collection, queries, center=False),
+        "filtered": _searched(collection, queries, filters={"n": [0, 3, 4, 9, 12]}),
+        "threshold": _searched(collection, queries, threshold=0.2),
+    }
+    store, facts = collection.store, collection.product_vectors
+    collection.store = PlainStore(store)
+    # No copy in memory either: the vectors come from the state's tables, read per search.
+    collection.product_vectors = ProductVectors(collection.ledger, store.dim, memory_cap=0)
+    try:
+        before = {
+            "centred": _searched(collection, queries),
+            "plain": _searched(collection, queries, center=False),
+            "filtered": _searched(collection, queries, filters={"n": [0, 3, 4, 9, 12]}),
+            "threshold": _searched(collection, queries, threshold=0.2),
+        }
+    finally:
+        collection.store, collection.product_vectors = store, facts
+    assert lean == before
+    assert lean["centred"] != lean["plain"]  # the re-scoring did move something
+    assert {h.product_id for h in lean["filtered"]} <= {"p0", "p3", "p4", "p9", "p12"}
+    assert all(h.image and h.title for h in lean["centred"])
+
+
+def test_search_looks_at_the_state_change_marker_once(service: CatalensService) -> None:
+    collection, queries = _filled(service, service.embedder().identity.dim)
+    ledger = collection.ledger
+    reads: list[tuple[int, ...]] = []
+    marker = ledger.change_marker
+
+    def counted() -> tuple[int, ...]:
+        reads.append(marker())
+        return reads[-1]
+
+    ledger.change_marker = counted  # type: ignore[method-assign]
+    try:
+        collection.search(queries[0], top_k=5)
+        assert len(reads) == 1
+        collection.config = replace(
+            collection.config, search=replace(collection.config.search, aggregation="max")
+        )
+        collection.search(queries[1], top_k=5, center=False)
+        assert len(reads) == 2
+    finally:
+        del ledger.change_marker
+
+
+def test_hit_rows_are_what_products_and_previews_read(service: CatalensService) -> None:
+    collection, _ = _filled(service, service.embedder().identity.dim)
+    ledger = collection.ledger
+    assert isinstance(ledger, ReadsHitRows)
+    products = ["p0", "p3", "p3", "missing"]
+    images = [i.image_id for i in ledger.searchable_images()[:6]] + [999_999]
+    assert ledger.hit_rows(products, images) == (
+        ledger.get_products(products),
+        ledger.previews(images),
+    )
+    assert ledger.hit_rows([], []) == ({}, {})
+
+
+def test_a_pooled_connection_is_checked_only_after_it_sat_idle(pg_dsn: str) -> None:
+    conn = psycopg.connect(pg_dsn, autocommit=True)
+    try:
+        eager, lazy = IdleCheck(idle_seconds=0.0), IdleCheck(idle_seconds=3600.0)
+        conn.autocommit = False  # as a writer leaves it
+        lazy.reset(conn)
+        assert conn.autocommit
+        eager.reset(conn)
+        eager.check(conn)  # alive
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        lazy.check(conn)  # used a moment ago: not asked
+        with pytest.raises(psycopg.OperationalError):
+            eager.check(conn)
+        with pytest.raises(psycopg.OperationalError):
+            IdleCheck(idle_seconds=3600.0).check(conn)  # never seen: asked
+    finally:
+        conn.close()
