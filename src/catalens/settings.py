@@ -13,7 +13,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -128,9 +128,10 @@ class Settings(BaseSettings):
     """The most pixels a query photo is decoded at (after a large JPEG's reduced-scale
     decode, which a 48 MP phone photo passes): lower than ``max_image_pixels``, which
     bounds catalog images, because anyone may send queries."""
-    decode_pixel_budget: int = Field(default=100_000_000, ge=1)
-    """Query pixels being decoded at once, in all (about 4 bytes each at the peak): a query
-    over it waits up to ``decode_wait_seconds``, then is refused as busy (HTTP 503)."""
+    decode_pixel_budget: int = Field(default=50_000_000, ge=1)
+    """Query pixels being decoded at once, in all (a PNG peaks near 12 bytes a pixel, so 50 MP
+    is some 600 MB): a query over it waits up to ``decode_wait_seconds``, then is refused as
+    busy (HTTP 503)."""
     decode_wait_seconds: float = Field(default=2.0, ge=0)
     download_workers: int = Field(default=8, ge=1)
     download_timeout: float = Field(default=10.0, gt=0)
@@ -185,6 +186,10 @@ class Settings(BaseSettings):
     ``["https://shop.example"]``; ``["*"]``: any page). Empty: only the service's own pages.
     Without API keys, a write request from any other origin is refused (403)."""
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    """The least severe log lines ``catalens serve`` writes (``CATALENS_LOG_LEVEL``)."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object a line (time, level, logger, message, request_id)."""
     url_allowlist: tuple[str, ...] = ()
     """Hosts (or host:port) that search-by-URL may fetch even though they are internal."""
     url_fetch_timeout: float = Field(default=10.0, gt=0)
@@ -213,6 +218,12 @@ class Settings(BaseSettings):
     max_removed_share: float = Field(default=0.5, ge=0.0, le=1.0)
     """An ingest or sync that would remove more than this share of a collection's products
     stops and changes nothing, unless forced (``--force-removals``, ``force_removals``)."""
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        # CATALENS_LOG_LEVEL=DEBUG, as logging spells it, reads as well as "debug".
+        return value.lower() if isinstance(value, str) else value
 
     @classmethod
     def settings_customise_sources(

@@ -19,9 +19,11 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from catalens import __version__
 from catalens.api import routes_compat, routes_feedback, routes_v1
+from catalens.api.docs import install_docs
 from catalens.api.errors import install_error_handlers
 from catalens.api.jobs import JobManager, Scheduler
 from catalens.api.legacy_env import settings_from_env
+from catalens.api.logs import RequestIdMiddleware
 from catalens.api.metrics import ApiMetrics, MetricsMiddleware
 from catalens.api.origins import OriginGuard, exposure_warnings
 from catalens.api.state import AppState
@@ -102,11 +104,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Visual product search: find the catalog product in a photo.",
         lifespan=lifespan,
-        docs_url="/docs",
+        # Served by install_docs from the package's own assets: /docs works offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = resolved
     app.state.catalens = None
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(routes_v1.service_router)
     # The views routes first: a product id may hold '/', so /products/{id:path} would take
     # .../products/{id}/views as the id "{id}/views".
@@ -129,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["*"],
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: every log line of a request, uvicorn's access line too, carries its id.
+    app.add_middleware(RequestIdMiddleware)
     # Build every response schema now, in one thread: pydantic builds dataclass schemas
     # lazily, and two first requests racing on one of them fail (seen once in CI).
     app.openapi()

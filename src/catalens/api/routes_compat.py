@@ -294,7 +294,8 @@ def search_model(
 
 
 def _embed_upload(state: AppState, upload: UploadFile) -> tuple[list[float], str, str]:
-    spec = state.model_spec(None)
+    # The model /health reports: the default collection's, else the configured one.
+    spec = state.default_model_spec()
     vector = state.service.embed_image(_upload(state, upload), model=spec)
     embedder = state.service.embedder(spec)
     return [float(x) for x in vector], embedder.identity.name, embedder.device
@@ -306,7 +307,8 @@ def extract_features(
     image: Annotated[UploadFile | None, File(description="The image (or use 'file').")] = None,
     file: Annotated[UploadFile | None, File(description="The image (or use 'image').")] = None,
 ) -> FeaturesOut:
-    """Seed 002: an image's feature vector (L2-normalised) with the configured model."""
+    """Seed 002: an image's feature vector (L2-normalised) with the default collection's
+    model (the configured model when there is no collection)."""
     upload = image or file
     if upload is None:
         missing = {"loc": ("body", "image"), "msg": "upload the image as 'image' or 'file'"}
@@ -321,6 +323,7 @@ def extract_features(
 def embed_image(
     state: StateDep, file: Annotated[UploadFile, File(description="The image.")]
 ) -> ImageEmbeddingOut:
-    """Seed 004: an image's embedding with the configured model."""
+    """Seed 004: an image's embedding with the default collection's model (the configured
+    model when there is no collection)."""
     embedding, model, device = _embed_upload(state, file)
     return ImageEmbeddingOut(embedding=embedding, model=model, device=device)

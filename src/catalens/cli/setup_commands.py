@@ -18,13 +18,13 @@ def doctor(
         str | None, typer.Option(metavar="MODEL", help="Model to try loading.")
     ] = None,
 ) -> None:
-    """Check the installation: versions, model loadable, store writable. One line each."""
+    """Check the installation (versions, model loadable, store writable) and each collection
+    (calibrated, failed images, source reachable). One line each; exit 1 on a failure."""
     from catalens.cli.doctor import run_checks
 
     failed = False
     for check in run_checks(settings(), model=model):
-        mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
-        out.print(f"{mark} {check.name}: {escape(check.detail)}", highlight=False)
+        out.print(f"{check.mark} {check.name}: {escape(check.detail)}", highlight=False)
         failed = failed or not check.ok
     if failed:
         raise typer.Exit(1)
@@ -76,6 +76,7 @@ def serve(
 
         from catalens.api.app import create_app
         from catalens.api.legacy_env import settings_from_env
+        from catalens.api.logs import log_config
     except ImportError as exc:
         print_error(missing_extra("serve", "serving", exc.name))
         raise typer.Exit(1) from None
@@ -88,9 +89,15 @@ def serve(
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            log_config=log_config(settings),
         )
     else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_config=log_config(settings),
+        )
 
 
 def models_export(

@@ -5,10 +5,11 @@ Saved as a JSON-able mapping through the collection's state (``CollectionState.s
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from catalens.errors import ConfigError
@@ -16,6 +17,7 @@ from catalens.search.query_crops import SearchOptions
 from catalens.types import ModelIdentity
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 def check_name(name: str) -> str:
@@ -50,6 +52,19 @@ class SourceConfig:
         if self.where is not None:
             object.__setattr__(self, "where", dict(self.where))
         object.__setattr__(self, "options", _json_form(self.options))
+
+    @property
+    def relative(self) -> bool:
+        """Whether the location is a local path relative to some folder (a URL, a
+        ``file:`` ref and an absolute path are not)."""
+        return not _SCHEME.match(self.location) and not os.path.isabs(self.location)
+
+    def resolved(self) -> SourceConfig:
+        """This source with a relative location made absolute against the process's
+        current folder: a sync run later from another folder reads the same catalog."""
+        if not self.relative:
+            return self
+        return replace(self, location=os.path.abspath(self.location))
 
 
 def _tupled(value: Any) -> Any:

@@ -15,13 +15,16 @@ Backends are imported only when chosen, so a missing extra costs nothing until i
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from catalens.embedders import hub
 from catalens.embedders.base import (
     Embedder,
     TextEmbedder,
@@ -41,6 +44,7 @@ __all__ = [
     "TextEmbedder",
     "Vectors",
     "embed_images",
+    "forget_failed_loads",
     "has_text_tower",
     "l2_normalize",
     "load_embedder",
@@ -139,7 +143,9 @@ def load_embedder(
 ) -> Embedder:
     """Build the embedder that ``spec`` names; every failure is a one-line ``ModelError``.
 
-    Nothing is cached here: callers keep the embedder they get.
+    Nothing is cached here but loads that failed for want of the hub, kept for the process (see
+    ``forget_failed_loads``): callers keep the embedder they get. When the hub does not answer
+    within a couple of seconds (``embedders.hub``), hub ids load from the local cache only.
     """
     spec = spec.strip()
     if not spec:
@@ -171,11 +177,81 @@ def load_embedder(
             f"unknown model {spec!r}: use a built-in ({', '.join(BUILTIN_MODELS)}), "
             "a model directory or a Hugging Face hub id"
         )
+    if "/" not in base:
+        close = difflib.get_close_matches(base, BUILTIN_MODELS, n=1, cutoff=0.8)
+        if close:
+            raise ModelError(
+                f"unknown model {spec!r}: did you mean {close[0]}? "
+                f"(built-in models: {', '.join(BUILTIN_MODELS)})"
+            )
+    key = (spec, device, local_files_only, clip)
+    with _failed_lock:
+        failed = _failed.get(key)
+    if failed is not None:
+        raise ModelError(failed)
     try:
-        return _clip(
+        return _from_hub(
             spec, device=device, batch_size=batch_size, local_files_only=local_files_only, clip=clip
         )
+    except _HubUnreachableError as exc:
+        # Without the hub this load fails the same way until the process restarts: remember
+        # it rather than probe the network again on every request.
+        with _failed_lock:
+            _failed[key] = str(exc)
+        raise
+
+
+class _HubUnreachableError(ModelError):
+    """A hub model that is not cached, with the hub out of reach."""
+
+
+_failed_lock = threading.Lock()
+_failed: dict[tuple[str, str, bool, ClipRuntime], str] = {}
+
+
+def forget_failed_loads() -> None:
+    """Let hub loads that failed be tried again (tests; after the network came back)."""
+    with _failed_lock:
+        _failed.clear()
+    hub.forget()
+
+
+def _what_to_do() -> str:
+    return (
+        f"use a local model directory, a built-in model ({', '.join(BUILTIN_MODELS)}), "
+        "or set CATALENS_MODEL to one"
+    )
+
+
+def _unreachable(spec: str, local_files_only: bool) -> str:
+    if local_files_only:
+        why = "offline (CATALENS_HF_OFFLINE)"
+    elif hub.hub_offline():
+        why = "offline (HF_HUB_OFFLINE)"
+    else:
+        why = f"the Hugging Face hub ({hub.hub_endpoint()}) did not answer"
+    return f"{spec}: {why} and the model is not in the local cache: {_what_to_do()}"
+
+
+def _from_hub(
+    spec: str, *, device: str, batch_size: int, local_files_only: bool, clip: ClipRuntime
+) -> Embedder:
+    reachable = not local_files_only and hub.hub_reachable()
+    source = spec.removesuffix(":int8")
+    if not reachable and not hub.in_cache(source):
+        # Nothing to load without the hub: say so now, before torch and transformers load.
+        raise _HubUnreachableError(_unreachable(spec, local_files_only))
+    try:
+        return _clip(
+            spec,
+            device=device,
+            batch_size=batch_size,
+            local_files_only=not reachable,
+            clip=clip,
+        )
     except ModelError as exc:
+        if not reachable:
+            raise _HubUnreachableError(_unreachable(spec, local_files_only)) from exc
         if "/" in spec:
             raise
         raise ModelError(f"{exc} (built-in models: {', '.join(BUILTIN_MODELS)})") from exc

@@ -98,6 +98,8 @@ class IngestWiring:
         in full (what a given one leaves out taken from the stored one) and its catalog,
         opened. A new collection is created only once its source could be opened; ``force``
         deletes an existing one first."""
+        if source is not None:
+            source = source.resolved()  # given here: relative to this process's folder
         collections = self.collections
         exists = name in collections.collection_names()
         if exists and force:
@@ -120,11 +122,13 @@ class IngestWiring:
         collection = collections.collection(name)
         if model is not None:
             collection.check_model(collections.embedder(model).identity)
+        stored = collection.config.source
+        stored = None if stored is None else sources.migrated(stored)
         if source is None:
-            source = collection.config.source
+            source = stored
             if source is None:
                 raise NoSourceError(f"collection {name!r} has no source configured")
-        source = sources.with_stored_options(source, collection.config.source)
+        source = sources.with_stored_options(source, stored)
         return collection, source, self.open_source(source)
 
     def backend_source(self, endpoint: str) -> SourceConfig:

@@ -168,6 +168,8 @@ class CatalensService:
         it: recorded as named over the HTTP API and checked now (``check_source``), so that it
         and the images it names are read, on every sync, by the rules of an untrusted upsert.
         """
+        if source is not None:
+            source = source.resolved()  # a relative path: from this process's folder
         if source is not None and trusted is None:
             source = replace(source, untrusted=True)
         if source is not None and source.untrusted:

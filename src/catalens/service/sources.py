@@ -11,6 +11,7 @@ only the CLI and library may name: the source's own origin), on every page and r
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from typing import Any
@@ -21,13 +22,20 @@ from catalens.catalog import ColumnMapping, RestSource, open_catalog
 from catalens.catalog.base import CatalogSource
 from catalens.catalog.rest import ScopedHeaders
 from catalens.collection.config import SourceConfig
-from catalens.errors import BlockedURLError, ConfigError, FetchError
+from catalens.errors import BlockedURLError, CatalogError, ConfigError, FetchError
 from catalens.ingest.pipeline import IngestReport
 from catalens.refs import is_url
 from catalens.service.upsert_refs import address_guard, check_local_path, local_path
 from catalens.settings import Settings, SourceCredential
 
-__all__ = ["check_source", "is_rest", "open_source", "sync_summary", "with_stored_options"]
+__all__ = [
+    "check_source",
+    "is_rest",
+    "migrated",
+    "open_source",
+    "sync_summary",
+    "with_stored_options",
+]
 
 CREDENTIAL = "credential"
 """The source option that names an operator-declared credential."""
@@ -57,6 +65,13 @@ def open_source(
             where=source.where,
             client=rest_client if source.untrusted else None,
             credential=credential,
+        )
+    if source.relative and not os.path.exists(source.location):
+        raise CatalogError(
+            f"catalog {source.location!r} is a relative path (stored before sources were "
+            f"kept absolute) and is not under the current folder {os.getcwd()}: give the "
+            "source again as an absolute path (catalens ingest -c COLLECTION --source "
+            "/abs/path/to/catalog)"
         )
     return open_catalog(
         source.location,
@@ -136,6 +151,17 @@ def check_source(source: SourceConfig, settings: Settings) -> None:
         what=f"catalog {source.location!r}",
         hint="name an http(s) REST URL, or ingest the file with the CLI (catalens ingest)",
     )
+
+
+def migrated(stored: SourceConfig) -> SourceConfig:
+    """A stored source as a sync reads it: a relative location (stored before sources were
+    kept absolute; where it was given from is not recorded) resolved against the current
+    folder when the catalog is there, else as it is (``open_source`` then says how to fix
+    it). The run that reads it stores the resolved one."""
+    if not stored.relative or is_rest(stored):
+        return stored
+    absolute = stored.resolved()
+    return absolute if os.path.exists(absolute.location) else stored
 
 
 def with_stored_options(source: SourceConfig, stored: SourceConfig | None) -> SourceConfig:
