@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest
 import yaml
 
 from catalens.settings import Settings
+from docker_compose import compose_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -206,18 +205,7 @@ def test_ray_dockerfile() -> None:
 
 
 def test_docker_compose_config_accepts_it() -> None:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("no docker client here")
-    version = subprocess.run(
-        [docker, "compose", "version"], capture_output=True, text=True, timeout=30
-    )
-    if version.returncode != 0:
-        pytest.skip(f"no docker compose plugin: {version.stderr.strip() or version.stdout}")
-    checked = subprocess.run(
-        [docker, "compose", "-f", str(DEPLOY / "compose.replicas.yaml"), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # The file refuses to start without a key and a Ray token: give both.
+    keyed = {"CATALENS_API_KEY": "test-key", "RAY_AUTH_TOKEN": "test-token"}
+    checked = compose_config(DEPLOY / "compose.replicas.yaml", keyed)
     assert checked.returncode == 0, checked.stderr
