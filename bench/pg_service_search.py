@@ -12,15 +12,18 @@ under ``CATALENS_HOME``, or the PostgreSQL state once it exists; the JSON names 
 Then the same held-out queries, one at a time, on the paths below, taking turns in each round:
 
 - ``pgvector k=10``: ``PgVectorStore.search`` for 10 neighbours (the pgvector-only figure);
-- ``pgvector k=512``: the same for the 512 candidates the service's centring re-rank asks for;
-- ``pgvector k=512 with the vectors``: ``search_with_vectors``, the candidates with their
-  stored vectors in one statement, as the re-rank reads them;
+- ``pgvector k=64 with the vectors``: ``search_with_vectors``, the 64 candidates a centred
+  search re-ranks on PostgreSQL (a new collection's ``rerank_depth`` there) with their stored
+  vectors, in one statement, as the re-rank reads them;
+- ``pgvector k=512 with the vectors``: the same for 512, the depth FAISS collections re-rank;
 - ``service, centring off``: ``CatalensService.search`` on a small JPEG upload (decode,
   embedding, candidates, product grouping, state reads for titles and previews, calibration);
-- ``service (default)``: the same with the domain-centring re-rank on (512 candidates
-  re-scored with their vectors), as a collection runs after 8 photo queries;
-- two parts on their own: ``len(store)`` (asked once per search) and reading the 512
-  candidates' vectors from the state (what the re-rank read before the store returned them).
+- ``service (default: re-rank of 64)``: the same with the domain-centring re-rank on, as a
+  collection runs after 8 photo queries: what a user gets;
+- ``service, re-rank of 512``: the same with the depth of FAISS collections (and of
+  collections made on PostgreSQL before the depth there was 64);
+- ``part: len(store)``: asked once per search, kept by the store between searches (read
+  again when the state's generation moves).
 
 The embedder is a stub that returns the query vector the bench sets (its cost is nil), so
 the service rows time everything but the model; bench/query_latency.py times the model.
@@ -64,6 +67,8 @@ from catalens.stores.pgvector_store import PgVectorStore
 from catalens.types import ModelIdentity, Product
 
 STUB = Preprocessing(resize_shorter_side=8, crop=8, resize="squash")
+WIDE = 512
+"""The re-rank depth of FAISS collections (and of PostgreSQL ones made before it was 64)."""
 SIZES_SQL = """
 SELECT CASE WHEN n.nspname LIKE 'catalens\\_state\\_%' OR n.nspname = 'catalens_registry'
             THEN 'state' ELSE 'store' END AS part,
@@ -260,31 +265,37 @@ def main() -> None:
         photo = small_jpeg()
         options = collection.config.search
 
-        def service_search(vector: NDArray[np.float32], *, centring: bool) -> object:
-            collection.config = replace(
-                collection.config, search=replace(options, centering=centring)
-            )
+        def service_search(
+            vector: NDArray[np.float32], *, centring: bool, rerank_depth: int | None = None
+        ) -> object:
+            chosen = replace(options, centering=centring)
+            if rerank_depth is not None:
+                chosen = replace(chosen, rerank_depth=rerank_depth)
+            collection.config = replace(collection.config, search=chosen)
             embedder.vector = vector
             return service.search("bench", image=photo, top_k=10, observe=False)
 
         for vector in queries[: options.centering_min_queries + 2]:  # centring starts
             embedder.vector = vector
             service.search("bench", image=photo, top_k=10)
-        depth = options.rerank_depth
-        candidates = [[m.image_id for m in store.search(q[None, :], depth)[0]] for q in queries]
+        depth = options.rerank_depth  # a new collection's on PostgreSQL
         paths: dict[str, Callable[[int], object]] = {
             "pgvector k=10": lambda i: store.search(queries[i][None, :], 10),
-            f"pgvector k={depth}": lambda i: store.search(queries[i][None, :], depth),
             f"pgvector k={depth} with the vectors": lambda i: store.search_with_vectors(
                 queries[i], depth
             ),
-            "service, centring off": lambda i: service_search(queries[i], centring=False),
-            "service (default)": lambda i: service_search(queries[i], centring=True),
-            # Two parts of the service path on their own, to see where its time goes:
-            "part: len(store)": lambda i: len(store),
-            f"part: {depth} candidates' vectors from the state": lambda i: (
-                collection.product_vectors.vectors_of_images(candidates[i])
+            f"pgvector k={WIDE} with the vectors": lambda i: store.search_with_vectors(
+                queries[i], WIDE
             ),
+            "service, centring off": lambda i: service_search(queries[i], centring=False),
+            f"service (default: re-rank of {depth})": lambda i: service_search(
+                queries[i], centring=True
+            ),
+            f"service, re-rank of {WIDE}": lambda i: service_search(
+                queries[i], centring=True, rerank_depth=WIDE
+            ),
+            # A part of the service path on its own: kept between searches now.
+            "part: len(store)": lambda i: len(store),
         }
         for path in paths.values():  # warm every connection and cache once
             for index in range(5):

@@ -15,6 +15,13 @@ the JPEG ``draft`` mode that ``decode_query`` uses.
 
     python bench/query_latency.py               # 100k vectors, 40 queries per setting
     python bench/query_latency.py --quick       # 20k vectors, 12 queries
+    python bench/query_latency.py --model mobilenet   # the lean path against the forward
+
+``--model mobilenet`` (issue 14) measures the query path against the model's own forward:
+mobilenetv2-int8, a collection of the 81 grocery-dev gallery images, ``service.query`` on
+val photos as bytes (kept for feedback, as the HTTP API does), and ``embed_pixels`` on the
+same 3 views, timed alternately in one loop. It repeats the loop with the per-crop
+preprocessing of before (each zoom crop resized and normalised on its own) for comparison.
 
 Prints a table and writes bench/results/query_latency.json.
 """
@@ -37,6 +44,7 @@ from PIL import Image
 
 from _common import (
     GROCERY,
+    MOBILENET,
     RESULTS,
     link_models,
     median,
@@ -46,9 +54,11 @@ from _common import (
     vit_b32,
     write_results,
 )
+from catalens.collection.config import SourceConfig
 from catalens.embedders import Preprocessing
 from catalens.embedders.onnx_export import sample_images
 from catalens.ledger.state import ChangeSet, ImageChange
+from catalens.search import query_crops
 from catalens.search.query_crops import zoom_views
 from catalens.service.service import build_service
 from catalens.settings import Settings
@@ -141,8 +151,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="20k vectors, 12 queries")
-    parser.add_argument("--out", type=Path, default=RESULTS / "query_latency.json")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--model", choices=["clip", "mobilenet"], default="clip")
     args = parser.parse_args()
+    if args.model == "mobilenet":
+        lean_path(args.queries, args.rounds, args.out or RESULTS / "query_latency_mobilenet.json")
+        return
+    args.out = args.out or RESULTS / "query_latency.json"
     if args.quick:
         args.n, args.queries = 20_000, 12
 
@@ -217,6 +232,81 @@ def main() -> None:
             "decode": decode,
         },
         args.out,
+    )
+
+
+def lean_path(queries: int, rounds: int, out: Path) -> None:
+    """The in-process query p50 with mobilenetv2-int8 against the model's forward alone."""
+    home = Path(tempfile.mkdtemp(prefix="catalens-lean-bench-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    service = build_service(Settings(home=home, model=str(MOBILENET), calibration_views=0))
+    source = SourceConfig(
+        location=str(GROCERY / "manifest.csv"),
+        mapping={"id": "item_id", "title": None, "images": ("image_path",)},
+        where={"role": "gallery"},
+    )
+    service.ingest("lean", source)
+    collection = service.collection("lean")
+    zooms = collection.config.search.query_zooms
+    embedder = service.embedder_for(collection)
+    photos = query_photos(queries)
+    draft = Preprocessing.from_card(embedder.identity.preprocessing).draft_size(zooms)
+    decoded = [service.decode_query(p, draft_size=draft) for p in photos]
+    lean_views = query_crops.zoom_pixels
+    rows = []
+    for label, views in (("lean (default)", lean_views), ("per-crop preprocessing", None)):
+        query_crops.zoom_pixels = views or (lambda *a, **k: None)  # type: ignore[assignment]
+        for photo in photos[:10]:  # warm up, and past the centring warm-up of 8 queries
+            service.query("lean", image=photo, top_k=10)
+        total: list[float] = []
+        forward: list[float] = []
+        stages: dict[str, list[float]] = {"decode": [], "views": [], "search": []}
+        for _ in range(rounds):
+            for photo, image in zip(photos, decoded, strict=True):
+                batch = lean_views(embedder, image, zooms)
+                assert batch is not None
+                forward.append(_timed(partial(embedder.embed_pixels, batch)))
+                total.append(_timed(partial(service.query, "lean", image=photo, top_k=10)))
+                stages["decode"].append(
+                    _timed(partial(service.decode_query, photo, draft_size=draft))
+                )
+                stages["views"].append(
+                    _timed(partial(views, embedder, image, zooms))
+                    if views
+                    else _timed(
+                        lambda i=image: np.stack(
+                            [embedder.preprocess(query_crops.center_crop(i, z)) for z in zooms]
+                        )
+                    )
+                )
+                vector = embedder.embed_pixels(batch).mean(axis=0)
+                stages["search"].append(_timed(partial(collection.search, vector, top_k=10)))
+        row = {
+            "setting": label,
+            "p50_ms": percentile_ms(total, 50),
+            "p99_ms": percentile_ms(total, 99),
+            "forward_p50_ms": percentile_ms(forward, 50),
+            "ratio_p50_to_forward": round(median(total) / median(forward), 2),
+            **{f"{stage}_p50_ms": percentile_ms(v, 50) for stage, v in stages.items()},
+            "queries": len(total),
+        }
+        print(f"{label}: {row}", flush=True)
+        rows.append(row)
+    query_crops.zoom_pixels = lean_views  # type: ignore[assignment]
+    service.close()
+    headers = ["query path", "p50 (ms)", "p99 (ms)", "forward p50 (ms)", "p50 / forward"]
+    keys = ["p50_ms", "p99_ms", "forward_p50_ms", "ratio_p50_to_forward"]
+    stage_keys = ["decode_p50_ms", "views_p50_ms", "search_p50_ms"]
+    print()
+    print_table(
+        [*headers, "decode p50", "views p50", "search p50"],
+        [[r["setting"], *(r[k] for k in keys + stage_keys)] for r in rows],
+    )
+    command = "python bench/query_latency.py --model mobilenet"
+    write_results(
+        "query_latency_mobilenet",
+        {"command": command, "zooms": list(zooms), "results": rows},
+        out,
     )
 
 

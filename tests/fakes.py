@@ -92,6 +92,7 @@ def fake_settings(home: Path, **overrides: object) -> Settings:
         "query_zooms": (1.0,),
         "centering": False,
         "aggregation": "max",
+        "calibration_views": 0,  # no synthetic views: embedder counts stay the catalog's
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

@@ -109,6 +109,16 @@ class Settings(BaseSettings):
     onnx_auto_export: bool = True
     """Export a CLIP model to ONNX under ``home/models`` on first use (else: only
     ``catalens models export`` makes exports)."""
+    clip_int8_guard: bool = True
+    """With ``clip_runtime=auto`` on a CPU, a new collection runs CLIP on its int8 export when
+    int8 agrees with fp32 on the collection's own images (``embedders/int8_guard.py``); else
+    fp32. A ``:int8`` / ``:fp32`` suffix on the model spec forces one."""
+    clip_int8_min_cosine: float = Field(default=0.995, ge=0, le=1)
+    """The int8 guard: least mean cosine between int8 and fp32 vectors over the sample."""
+    clip_int8_min_top1: float = Field(default=0.99, ge=0, le=1)
+    """The int8 guard: least share of sample images whose nearest neighbour is the same."""
+    clip_int8_sample: int = Field(default=32, ge=2)
+    """The int8 guard: images of the collection embedded both ways (its first ingest)."""
 
     # Vector store
     store: str = "faiss"
@@ -140,6 +150,11 @@ class Settings(BaseSettings):
     # Search
     top_k: int = Field(default=10, ge=1)
     threshold: float | None = None
+    """The least calibrated probability a photo search returns (a calibrated collection),
+    else the least uncentred cosine: neither drifts as queries arrive."""
+    calibration_views: int = Field(default=3, ge=0)
+    """Synthetic shopper-like views per sampled product the cold-start calibration is fitted
+    on at ingest (``collection/cold_start.py``); 0: none (held-out images only)."""
     query_zooms: tuple[float, ...] = (1.0, 1.25, 1.5625)
     """Centre zooms averaged for photo queries in new collections (see search/query_crops.py)."""
     centering: bool = True
@@ -151,6 +166,8 @@ class Settings(BaseSettings):
     best image, or a blend of that with the centroid of its images."""
     blend_weight: float = Field(default=0.5, ge=0.0, le=1.0)
     """With ``blend``: the weight of the best image (the centroid gets the rest)."""
+    photo_scoring: Literal["views", "evidence"] = "views"
+    """How confirmed photos score in new collections (see search/photo_evidence.py)."""
 
     # Feedback (see feedback/confirmed_photos.py and ledger/query_log.py)
     query_retention_seconds: float = Field(default=3600.0, ge=0)

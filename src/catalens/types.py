@@ -58,6 +58,13 @@ class ModelIdentity:
     dim: int
     preprocessing: Mapping[str, Any]
     has_text_tower: bool = False
+    runtime: str = ""
+    """How a collection's vectors are made where that is chosen per collection (CLIP on CPU,
+    ``embedders/int8_guard.py``): ``auto`` (decided at its first ingest), ``fp32``, or ``int8``
+    (the guard found int8 agrees with fp32 on its images); empty: not recorded. Not in ``key``:
+    the guard passing is what makes int8 and fp32 vectors one model."""
+    agreement: Mapping[str, Any] = field(default_factory=dict)
+    """The guard's figures (mean cosine, top-1 agreement, sample size) behind ``runtime``."""
 
     def key(self) -> str:
         """A stable string that two identical identities share."""
@@ -74,6 +81,10 @@ class ModelIdentity:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["preprocessing"] = dict(self.preprocessing)
+        data["agreement"] = dict(self.agreement)
+        for unrecorded in ("runtime", "agreement"):  # older configs read back the same
+            if not data[unrecorded]:
+                del data[unrecorded]
         return data
 
     @classmethod
@@ -84,6 +95,8 @@ class ModelIdentity:
             dim=int(data["dim"]),
             preprocessing=dict(data.get("preprocessing", {})),
             has_text_tower=bool(data.get("has_text_tower", False)),
+            runtime=str(data.get("runtime", "")),
+            agreement=dict(data.get("agreement") or {}),
         )
 
 
@@ -117,6 +130,10 @@ class Hit:
     image_id: int | None = None
     """The collection's id of ``image`` (what its image links are built from); ``None`` when
     the product has no image to show."""
+    cosine: float | None = None
+    """The uncentred cosine of the query with ``image``: unlike ``score`` (centred on the
+    recent queries' mean), it does not move as queries arrive; ``None`` when the collection's
+    metric is not the cosine."""
 
     def to_dict(self) -> dict[str, Any]:
         """The hit as the CLI and library print it (the image id is internal: left out)."""

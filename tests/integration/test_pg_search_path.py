@@ -3,11 +3,16 @@
 The pgvector store returns each candidate's vector with the neighbour query
 (``SearchesWithVectors``), the state reads a search's hit rows in one round trip
 (``ReadsHitRows``), the scoring looks at the state's change marker once per search, and the
-store's pool checks a connection only after it sat idle. Every search here is compared with
-the path it replaces: the same hits, the same scores, bit for bit."""
+store's pool checks a connection only after it sat idle, and the store keeps its row count
+between searches (forgotten when the state's generation moves). Every search here is compared
+with the path it replaces: the same hits, the same scores, bit for bit; a write through
+another process is still seen."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,10 +23,12 @@ import psycopg
 import pytest
 from numpy.typing import NDArray
 
+from catalens.collection.coherence import REFRESH_SECONDS
 from catalens.collection.collection import Collection
 from catalens.ledger.hit_rows import ReadsHitRows
 from catalens.ledger.state import ChangeSet, ImageChange
 from catalens.search.scoring import ProductVectors
+from catalens.service.collections import POSTGRES_RERANK_DEPTH
 from catalens.service.service import CatalensService
 from catalens.stores.base import SearchesWithVectors, VectorStore
 from catalens.stores.pg_pool import IdleCheck
@@ -207,6 +214,77 @@ def test_search_looks_at_the_state_change_marker_once(service: CatalensService) 
         del ledger.change_marker
 
 
+_WRITER = """
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, sys.argv[1])
+from fakes import build_fake_service, fake_settings
+
+from catalens.ledger.state import ChangeSet, ImageChange
+from catalens.types import Product
+
+home, dsn, index, digest = sys.argv[2:6]
+vector = np.asarray([float(v) for v in sys.argv[6].split(",")], np.float32)[None, :]
+service, _ = build_fake_service(fake_settings(Path(home), store=dsn, index=index))
+try:
+    collection = service.collection("lean")
+    collection.ledger.save_vectors([digest], vector)
+    changes = ChangeSet()
+    changes.products.append(Product(id="elsewhere", title="written elsewhere", images=("e.jpg",)))
+    changes.images.append(ImageChange("elsewhere", "e.jpg", 0, digest, "ok"))
+    collection.apply(changes)
+finally:
+    service.close()
+"""
+
+
+def test_a_write_through_another_process_is_counted_and_found(
+    service: CatalensService, tmp_path: Path
+) -> None:
+    collection, queries = _filled(service, service.embedder().identity.dim)
+    store = collection.store
+    assert isinstance(store, PgVectorStore)
+    before = len(store)
+    assert before == 160  # 120 products, 40 with a second image
+    collection.search(queries[0], top_k=5)  # the count is kept from here on
+    target = queries[0]
+    written = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _WRITER,
+            str(Path(__file__).resolve().parents[1]),
+            str(tmp_path / "other-home"),
+            service.settings.store,
+            collection.config.index,
+            "e" * 64,
+            ",".join(repr(float(v)) for v in target),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert written.returncode == 0, written.stderr
+    assert len(store) == before  # kept: nothing here has looked at the state since
+    time.sleep(REFRESH_SECONDS)  # the next search is due to look
+    hits = collection.search(target, top_k=5, center=False)
+    assert hits[0].product_id == "elsewhere" and hits[0].title == "written elsewhere"
+    assert len(store) == before + 1
+
+
+def test_a_new_collection_re_ranks_fewer_candidates_on_postgresql(
+    service: CatalensService, make_fake_service: Any, tmp_path: Path
+) -> None:
+    on_postgres = service.create_collection("deep").config.search
+    faiss = make_fake_service(home=tmp_path / "faiss", centering=True, aggregation="blend")
+    on_faiss = faiss.create_collection("deep").config.search
+    assert on_postgres.rerank_depth == POSTGRES_RERANK_DEPTH < on_faiss.rerank_depth == 512
+    assert replace(on_postgres, rerank_depth=512) == on_faiss  # nothing else differs
+
+
 def test_hit_rows_are_what_products_and_previews_read(service: CatalensService) -> None:
     collection, _ = _filled(service, service.embedder().identity.dim)
     ledger = collection.ledger
@@ -218,6 +296,17 @@ def test_hit_rows_are_what_products_and_previews_read(service: CatalensService) 
         ledger.previews(images),
     )
     assert ledger.hit_rows([], []) == ({}, {})
+
+
+def test_pooled_connections_search_at_the_store_ef_search(pg_dsn: str) -> None:
+    vectors = _unit(np.random.default_rng(1).standard_normal((40, 8)))
+    with fresh_database(pg_dsn) as dsn, PgVectorStore(dsn, "ef", 8, m=4, ef_search=23) as store:
+        store.upsert(list(range(40)), [f"p{i}" for i in range(40)], vectors)
+        store.flush("1")
+        assert len(store.search(vectors[:1], 5)[0]) == 5  # one statement, at the session's 23
+        assert len(store.search(vectors[:1], 30)[0]) == 30  # ef_search 30 for that search alone
+        with store._pool.connection() as conn:  # the session's own setting, not the last search's
+            assert conn.execute("SHOW hnsw.ef_search").fetchone() == ("23",)
 
 
 def test_a_pooled_connection_is_checked_only_after_it_sat_idle(pg_dsn: str) -> None:

@@ -78,7 +78,7 @@ def test_held_out_images_give_verdicts_that_separate_in_and_out(tmp_path: Path) 
     centres = _clusters(tmp_path, products=40, images=3)
     calibration = _fit(tmp_path)
     assert calibration is not None
-    assert calibration.source == "catalog"
+    assert calibration.source == "held-out"
     assert calibration.positives >= 5 and calibration.negatives >= 5
     assert 0.5 <= calibration.match_probability < 1.0
     assert calibration.train_fpr <= 0.06

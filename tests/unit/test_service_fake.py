@@ -290,9 +290,12 @@ def test_filters_threshold_and_exclude(
     ]
     assert shop.search("shop", image=photo, filters={"category": "No such"}) == []
 
-    cutoff = (expected[2][1] + expected[3][1]) / 2  # between the 3rd and the 4th
+    # The collection is calibrated: a threshold reads the calibrated probability.
+    everything = shop.search("shop", image=photo, top_k=10)
+    probabilities = sorted({h.probability or 0.0 for h in everything}, reverse=True)
+    cutoff = (probabilities[0] + probabilities[1]) / 2  # between the best and the next
     assert [h.product_id for h in shop.search("shop", image=photo, threshold=cutoff)] == [
-        pid for pid, _ in expected[:3]
+        h.product_id for h in everything if (h.probability or 0.0) >= cutoff
     ]
     left_out = {expected[0][0], expected[2][0]}
     hits = shop.search("shop", image=photo, top_k=3, exclude=left_out)

@@ -18,13 +18,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 
 from catalens import __version__
-from catalens.api import routes_compat, routes_feedback, routes_v1
+from catalens.api import routes_catalog, routes_compat, routes_feedback, routes_v1
 from catalens.api.docs import install_docs
 from catalens.api.errors import install_error_handlers
 from catalens.api.jobs import JobManager, Scheduler
 from catalens.api.legacy_env import settings_from_env
 from catalens.api.logs import RequestIdMiddleware
 from catalens.api.metrics import ApiMetrics, MetricsMiddleware
+from catalens.api.operations import summarise
 from catalens.api.origins import OriginGuard, exposure_warnings
 from catalens.api.state import AppState
 from catalens.api.uploads import UploadLimitMiddleware
@@ -112,11 +113,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalens = None
     install_error_handlers(app)
     install_docs(app)
-    app.include_router(routes_v1.service_router)
+    app.include_router(summarise(routes_v1.service_router))
     # The views routes first: a product id may hold '/', so /products/{id:path} would take
     # .../products/{id}/views as the id "{id}/views".
-    app.include_router(routes_feedback.router)
-    app.include_router(routes_v1.router)
+    app.include_router(summarise(routes_feedback.router))
+    app.include_router(summarise(routes_v1.router))
+    app.include_router(summarise(routes_catalog.router))
     # Before the web UI's router: the compatibility GET / answers JSON or the page itself.
     app.include_router(routes_compat.router)
     web = _web_ui()

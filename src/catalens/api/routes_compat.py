@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 
 from catalens import __version__
 from catalens.api.errors import ApiError, error_responses
-from catalens.api.schemas import (
+from catalens.api.schemas_compat import (
     FeaturesOut,
     ImageEmbeddingOut,
     MedicineHit,
@@ -61,10 +61,10 @@ ENDPOINTS = {
     "GET /v1/collections": "collections and their counts",
     "POST /v1/collections/{name}/search": "search by image, image URL or text",
     "POST /v1/embed": "embed an image or words",
-    "POST /search": "seed 000: search the default collection (field 'image')",
-    "POST /{model}/search": "seed 001: search one collection (field 'file', ?top_k=)",
-    "POST /extract-features": "seeds 002/004: image -> feature vector",
-    "POST /embed-image": "seed 004: image -> embedding",
+    "POST /search": "search the default collection (field 'image')",
+    "POST /{model}/search": "search one collection (field 'file', ?top_k=)",
+    "POST /extract-features": "image -> feature vector",
+    "POST /embed-image": "image -> embedding",
 }
 
 
@@ -95,6 +95,7 @@ def _text(metadata: Mapping[str, Any], key: str) -> str | None:
     summary="Service info (JSON), or the web UI for browsers",
 )
 def service_info(request: Request, state: StateDep) -> Response | ServiceInfo:
+    """What this service is, its model and its main routes; a browser gets the web page."""
     if "text/html" in request.headers.get("accept", ""):
         try:
             web = importlib.import_module("catalens.api.web")
@@ -115,6 +116,15 @@ def service_info(request: Request, state: StateDep) -> Response | ServiceInfo:
     )
 
 
+def _stable(hit: Hit) -> float:
+    """What the seeds' similarity shows, and their ``SIMILARITY_THRESHOLD`` applies to: the
+    calibrated probability, else the uncentred cosine; neither drifts as queries arrive
+    (``collection/stable_scores.py``), unlike the centred ranking score."""
+    if hit.probability is not None:
+        return hit.probability
+    return hit.cosine if hit.cosine is not None else hit.score
+
+
 # -- seed 000 ----------------------------------------------------------------------------
 
 
@@ -128,19 +138,26 @@ def _medicine(request: Request, state: AppState, hit: Hit) -> MedicineHit:
         name=_text(meta, "name") or hit.title,
         nameBn=_text(meta, "nameBn"),
         brand=_text(meta, "brand"),
-        similarity=round(hit.score, 4),
-        confidence=f"{hit.score * 100:.2f}%",
+        similarity=round(_stable(hit), 4),
+        confidence=f"{_stable(hit) * 100:.2f}%",
         images=images,
     )
 
 
-@router.post("/search", dependencies=UPLOADS, responses=UPLOAD)
+# Seed 000's search.
+@router.post(
+    "/search",
+    dependencies=UPLOADS,
+    responses=UPLOAD,
+    summary="Search the default collection by photo (field image)",
+)
 def search_medicines(
     request: Request,
     state: StateDep,
     image: Annotated[UploadFile, File(description="The photo to search with.")],
 ) -> list[MedicineHit]:
-    """Seed 000: products of the default collection over the similarity threshold."""
+    """The products of the default collection that score over the similarity threshold,
+    best first, with their catalog columns and the similarity as a percentage."""
     data = _upload(state, image)
     hits = state.service.search(default_collection(state), image=data)
     return [_medicine(request, state, hit) for hit in hits]
@@ -168,23 +185,36 @@ def _refresh(state: AppState) -> RefreshOut:
     )
 
 
+# Seed 000's webhook.
 @router.post(
-    "/refresh-medicines", dependencies=WRITE, responses={**DEFAULT, **error_responses(502)}
+    "/refresh-medicines",
+    dependencies=WRITE,
+    responses={**DEFAULT, **error_responses(502)},
+    summary="Sync the default collection from its catalog and wait",
 )
 def refresh_medicines(state: StateDep) -> RefreshOut:
-    """Seed 000's webhook: sync the default collection from its source, then answer."""
+    """Sync the default collection from its source (incrementally), then answer; a sync
+    still running after ten minutes answers ``running`` with its job id."""
     return _refresh(state)
 
 
-@router.post("/rebuild-index", dependencies=WRITE, responses={**DEFAULT, **error_responses(502)})
+@router.post(
+    "/rebuild-index",
+    dependencies=WRITE,
+    responses={**DEFAULT, **error_responses(502)},
+    summary="Sync the default collection from its catalog and wait (same as the refresh)",
+)
 def rebuild_index(state: StateDep) -> RefreshOut:
-    """Same as ``/refresh-medicines`` (the sync is incremental either way)."""
+    """Same as ``POST /refresh-medicines``: the sync is incremental either way."""
     return _refresh(state)
 
 
-@router.get("/preload-model", dependencies=READ, responses=DEFAULT)
+@router.get(
+    "/preload-model", dependencies=READ, responses=DEFAULT, summary="Load the default model now"
+)
 def preload_model(state: StateDep) -> PreloadOut:
-    """Load the default collection's model now (it is loaded at start-up anyway)."""
+    """Load the default collection's model now (it is loaded at start-up anyway) and say
+    which it is and where it runs."""
     embedder = state.service.embedder(state.default_model_spec())
     return PreloadOut(
         status="success",
@@ -197,9 +227,15 @@ def preload_model(state: StateDep) -> PreloadOut:
 # -- seed 001 ----------------------------------------------------------------------------
 
 
-@router.get("/models", dependencies=READ, responses=error_responses(401, 403, 503))
+# Seed 001: every collection is a "model" with its own search route.
+@router.get(
+    "/models",
+    dependencies=READ,
+    responses=error_responses(401, 403, 503),
+    summary="List the collections, each with its search route",
+)
 def list_models(state: StateDep) -> ModelsOut:
-    """Seed 001: every collection is a "model" with its own search route."""
+    """Every collection with its size and model, and the route that searches it."""
     summaries = state.service.summaries()
     try:
         default: str | None = default_collection(state)
@@ -234,7 +270,7 @@ def _product_result(request: Request, state: AppState, hit: Hit) -> ProductResul
         shopify_product_id=hit.product_id,
         product_id=hit.product_id,
         title=hit.title,
-        similarity_score=round(hit.score, 6),
+        similarity_score=round(_stable(hit), 6),
         score=hit.score,
         preview_image=preview,
         image_url=hit_link(request, hit),
@@ -266,27 +302,43 @@ FileField = Annotated[UploadFile, File(description="The photo to search with.")]
 TopK = Annotated[int | None, Query(ge=1, le=1000, description="How many products.")]
 
 
-@router.post("/all/search", dependencies=UPLOADS, responses=UPLOAD)
+# Seed 001's routes (also /search_products/ and /{model}/search).
+@router.post(
+    "/all/search",
+    dependencies=UPLOADS,
+    responses=UPLOAD,
+    summary="Search every collection by photo (field file)",
+)
 def search_all_models(
     request: Request, state: StateDep, file: FileField, top_k: TopK = None
 ) -> ProductSearchOut:
-    """Seed 001: search every collection."""
+    """The best products of every collection, ranked together."""
     return _product_search(request, state, ALL, file, top_k)
 
 
-@router.post("/search_products/", dependencies=UPLOADS, responses=UPLOAD)
+@router.post(
+    "/search_products/",
+    dependencies=UPLOADS,
+    responses=UPLOAD,
+    summary="Search the default collection by photo (field file)",
+)
 def search_products(
     request: Request, state: StateDep, file: FileField, top_k: TopK = None
 ) -> ProductSearchOut:
-    """Seed 001's legacy route: search the default collection."""
+    """The best products of the default collection, with their catalog columns."""
     return _product_search(request, state, default_collection(state), file, top_k)
 
 
-@router.post("/{model}/search", dependencies=UPLOADS, responses=UPLOAD)
+@router.post(
+    "/{model}/search",
+    dependencies=UPLOADS,
+    responses=UPLOAD,
+    summary="Search one collection by photo (field file)",
+)
 def search_model(
     model: str, request: Request, state: StateDep, file: FileField, top_k: TopK = None
 ) -> ProductSearchOut:
-    """Seed 001: search one collection (``model`` is its name)."""
+    """The best products of one collection (``model`` is its name)."""
     return _product_search(request, state, model, file, top_k)
 
 
@@ -301,14 +353,20 @@ def _embed_upload(state: AppState, upload: UploadFile) -> tuple[list[float], str
     return [float(x) for x in vector], embedder.identity.name, embedder.device
 
 
-@router.post("/extract-features", dependencies=UPLOADS, responses=UPLOAD)
+# Seed 002's route.
+@router.post(
+    "/extract-features",
+    dependencies=UPLOADS,
+    responses=UPLOAD,
+    summary="Turn an image into a feature vector (field image or file)",
+)
 def extract_features(
     state: StateDep,
     image: Annotated[UploadFile | None, File(description="The image (or use 'file').")] = None,
     file: Annotated[UploadFile | None, File(description="The image (or use 'image').")] = None,
 ) -> FeaturesOut:
-    """Seed 002: an image's feature vector (L2-normalised) with the default collection's
-    model (the configured model when there is no collection)."""
+    """An image's feature vector (L2-normalised) with the default collection's model (the
+    configured model when there is no collection)."""
     upload = image or file
     if upload is None:
         missing = {"loc": ("body", "image"), "msg": "upload the image as 'image' or 'file'"}
@@ -319,11 +377,17 @@ def extract_features(
     )
 
 
-@router.post("/embed-image", dependencies=UPLOADS, responses=UPLOAD)
+# Seed 004's route.
+@router.post(
+    "/embed-image",
+    dependencies=UPLOADS,
+    responses=UPLOAD,
+    summary="Turn an image into an embedding (field file)",
+)
 def embed_image(
     state: StateDep, file: Annotated[UploadFile, File(description="The image.")]
 ) -> ImageEmbeddingOut:
-    """Seed 004: an image's embedding with the default collection's model (the configured
-    model when there is no collection)."""
+    """An image's embedding (L2-normalised) with the default collection's model (the
+    configured model when there is no collection)."""
     embedding, model, device = _embed_upload(state, file)
     return ImageEmbeddingOut(embedding=embedding, model=model, device=device)

@@ -24,10 +24,10 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from catalens.api.errors import ApiError, error_responses, invalid_field
+from catalens.api.schema_base import Model
 from catalens.api.schemas import FeedbackIn, FeedbackOut, ViewList, ViewOut, ViewsRemoved
 from catalens.api.security import api_key_header, check_key, require_read_key, require_write_key
 from catalens.api.state import AppState, StateDep
@@ -59,24 +59,41 @@ def _view_out(request: Request, name: str, view: ConfirmedPhoto) -> ViewOut:
     )
 
 
-class PendingOut(BaseModel):
+class PendingOut(Model):
+    """A verdict sent without a key, waiting for review."""
+
     pending_id: int
+    """Its id in the review queue."""
     product_id: str
+    """The product it names."""
     verdict: str
+    """``correct``, ``actually`` or ``wrong``."""
     client: str
+    """The address it came from."""
     created_at: float
+    """When it was sent (Unix time, seconds)."""
     user: str | None
+    """Who sent it, when it said."""
     query_id: str | None
+    """The search its photo came from, if any."""
     image_url: str
+    """Where a reviewer can see its photo."""
 
 
-class PendingList(BaseModel):
+class PendingList(Model):
+    """The review queue of a collection, oldest first."""
+
     collection: str
+    """The collection."""
     pending: list[PendingOut]
+    """The verdicts waiting for review."""
 
 
-class DecisionIn(BaseModel):
+class DecisionIn(Model):
+    """A reviewer's decision on a pending verdict."""
+
     action: Literal["approve", "reject"]
+    """``approve``: apply it as if sent with a key; ``reject``: drop it."""
 
 
 def _trust(request: Request, state: AppState, key: str | None) -> Trust:

@@ -42,6 +42,7 @@ from catalens.api.schemas import (
     SearchRequest,
     SearchResponse,
     UpsertReportOut,
+    query_body_doc,
 )
 from catalens.api.security import require_read_key, require_write_key
 from catalens.api.state import AppState, StateDep, hit_link, link_for
@@ -76,29 +77,15 @@ QUERY = error_responses(400, 404, 409, 413, 422)
 Q = TypeVar("Q", bound=QueryIn)
 
 
-def _body_doc(model: type[QueryIn], form_fields: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI for a body that is either JSON or a multipart upload (parsed by hand)."""
-    form = {"image": {"type": "string", "format": "binary"}, **form_fields}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": model.model_json_schema()},
-                "multipart/form-data": {"schema": {"type": "object", "properties": form}},
-            },
-        }
-    }
-
-
-_SEARCH_DOC = _body_doc(
+_SEARCH_DOC = query_body_doc(
     SearchRequest,
     {
         "top_k": {"type": "integer"},
         "threshold": {"type": "number"},
-        "filters": {"type": "string", "description": "a JSON object"},
+        "filters": {"type": "string", "description": "Metadata filters as a JSON object."},
     },
 )
-_EMBED_DOC = _body_doc(EmbedRequest, {"model": {"type": "string"}})
+_EMBED_DOC = query_body_doc(EmbedRequest, {"model": {"type": "string"}})
 
 
 def _form_json(field: str, text: str) -> Any:
@@ -165,6 +152,7 @@ def _result(request: Request, hit: Hit) -> ResultOut:
         collection=hit.collection,
         verdict=hit.verdict,  # type: ignore[arg-type]
         probability=hit.probability,
+        cosine=hit.cosine,
     )
 
 
@@ -203,7 +191,7 @@ def _info(state: AppState, name: str, job: JobOut | None = None) -> CollectionIn
 def list_collections(state: StateDep) -> CollectionList:
     """Every collection with its model, index, counts and last sync."""
     summaries = state.service.summaries()
-    return CollectionList(collections=summaries)
+    return CollectionList.model_validate({"collections": summaries})  # read by attribute
 
 
 @router.get("/collections/{name}", dependencies=READ, responses=NAMED)
@@ -453,7 +441,7 @@ def get_job(job_id: str, state: StateDep) -> JobOut:
 
 @service_router.get("/health")
 def health(state: StateDep) -> HealthOut:
-    """Liveness, the model and device, and the collections (the seeds' health keys too)."""
+    """Liveness, the model and device, and the collections (older clients' keys too)."""
     model, device, loaded = state.model_status()
     status = "healthy"
     summaries: list[CollectionSummary] = []

@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 from catalens.api.errors import ApiError
 from catalens.api.jobs import JobManager, Scheduler
 from catalens.api.metrics import ApiMetrics
-from catalens.errors import CollectionNotFoundError
+from catalens.errors import CatalensError, CollectionNotFoundError
 from catalens.refs import is_url
 from catalens.service.service import CatalensService
 from catalens.settings import Settings
@@ -70,6 +70,10 @@ class AppState:
             } or {self.settings.model}
             for spec in sorted(specs):
                 self.service.embedder(spec)
+        except CatalensError as exc:
+            # A model that is not there says what to do in one line: no traceback.
+            log.error("loading models failed: %s", exc)
+            self.warm_error = str(exc)
         except Exception as exc:
             log.exception("loading models failed")
             self.warm_error = f"{type(exc).__name__}: {exc}"

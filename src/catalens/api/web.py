@@ -1,11 +1,13 @@
 """The web UI: a search page and a catalog page, served by the same app as the API.
 
 Pages are plain Jinja2 templates plus static JS and CSS (no build step, nothing from a CDN).
-The browser talks to the native ``/v1`` API; this module only serves the shells::
+The browser talks to the native ``/v1`` API (``routes_catalog`` holds what only the pages
+need); this module only serves the shells::
 
     GET /          (the app's own route calls ``render_index`` for browsers)
     GET /ui        the search page (alias of ``/``)
-    GET /catalog   collections, counts, last sync and failed images
+    GET /catalog   collections: counts, calibration, the last sync's report, failed images,
+                   a searchable paged product list and "Sync now"
     /static/*      mounted by ``mount_static``
 """
 

@@ -118,7 +118,7 @@ class Bars:
         self.progress.update(self.tasks[stage], completed=done, total=total)
 
 
-def progress_bars() -> Progress:
+def progress_bars(console: Console = err) -> Progress:
     return Progress(
         TextColumn("{task.description:>8}"),
         BarColumn(),
@@ -126,6 +126,6 @@ def progress_bars() -> Progress:
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        console=err,
+        console=console,
         transient=False,
     )

@@ -164,6 +164,8 @@ def _print_ingest(report: IngestReport, as_json: bool) -> None:
         f"{report.images_reused} reused, {report.images_removed} removed, "
         f"{report.images_failed} failed in {report.seconds:.1f}s"
     )
+    if report.model_runtime:
+        out.print(f"model   runs on {report.model_runtime}", highlight=False)
     _print_first(
         report.failed,
         lambda failure: (
@@ -193,7 +195,12 @@ def search(
         int, typer.Option("--top-k", "-k", min=1, metavar="N", help="How many products.")
     ] = 5,
     threshold: Annotated[
-        float | None, typer.Option(metavar="SCORE", help="Minimum cosine score.")
+        float | None,
+        typer.Option(
+            metavar="SCORE",
+            help="Minimum calibrated probability (a calibrated collection, photo search), "
+            "else minimum uncentred cosine; neither drifts as queries arrive.",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -227,8 +234,11 @@ def collections(as_json: JsonOpt = False) -> None:
     if as_json:
         out.print_json(json.dumps([vars(s) for s in summaries], default=str))
         return
-    table = Table("name", "model", "dim", "index", "store", "products", "images", "failed")
+    table = Table(
+        "name", "model", "dim", "index", "store", "products", "images", "failed", "calibration"
+    )
     for s in summaries:
+        fit = s.calibration
         table.add_row(
             s.name,
             s.model,
@@ -238,6 +248,7 @@ def collections(as_json: JsonOpt = False) -> None:
             str(s.products),
             str(s.images),
             str(s.failed_images),
+            f"{fit['source']} ({fit['samples']} samples)" if fit else "none",
         )
     out.print(table if summaries else "no collections yet: catalens ingest --collection NAME ...")
 

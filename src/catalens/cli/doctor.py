@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 URL_TIMEOUT = 3.0
 """Seconds a source URL has to answer: a check stays quick."""
 UNCALIBRATED = (
-    "not calibrated (a sync fits it once products have 2+ images, "
+    "not calibrated (a sync fits it from synthetic views of the catalog, "
     "or once 20 shopper photos are confirmed: catalens feedback)"
 )
 
@@ -85,7 +85,9 @@ def _check_collection(service: CatalensService, name: str) -> Check:
         info = collection.info()
     except Exception as exc:  # whatever breaks the open (a corrupt database too) is reported
         return Check(what, False, f"cannot open: {exc}")
-    parts = [f"{info['products']} products", "calibrated" if info["calibrated"] else UNCALIBRATED]
+    fit = info.get("calibration")
+    calibrated = f"calibrated ({fit['source']}, {fit['samples']} samples)" if fit else "calibrated"
+    parts = [f"{info['products']} products", calibrated if info["calibrated"] else UNCALIBRATED]
     failed = int(info["failed_images"])
     if failed:
         parts.append(f"{failed} failed images")

@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 from catalens.cli.base import (
     Bars,
     CollectionOpt,
     JsonOpt,
     OrderChoice,
+    err,
     open_service,
     out,
     parse_pairs,
     progress_bars,
 )
+
+
+@contextmanager
+def _progress(shown: bool | None) -> Iterator[Bars | None]:
+    """Bars with ETA on stderr, never on stdout (``--json`` keeps it for the report): when
+    stderr is a terminal, or when ``--progress`` asks (then drawn as if it were one)."""
+    if shown is False or (shown is None and not err.is_terminal):
+        yield None
+        return
+    console = err if err.is_terminal else Console(stderr=True, force_terminal=True)
+    with progress_bars(console) as bars:
+        yield Bars(bars)
 
 
 def eval_command(
@@ -86,6 +103,16 @@ def eval_command(
     poison_keyed: Annotated[
         bool, typer.Option(help="Send the attack with a key (every verdict trusted).")
     ] = False,
+    feedback_share: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            metavar="F",
+            help="Feed only this share of the products (seeded) and report the queries of "
+            "products with and without feedback apart (feedback_split).",
+        ),
+    ] = None,
     seed: Annotated[
         int,
         typer.Option(
@@ -100,6 +127,13 @@ def eval_command(
         ),
     ] = OrderChoice.shuffled,
     as_json: JsonOpt = False,
+    show_progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bars with ETA on stderr; default: when stderr is a terminal.",
+        ),
+    ] = None,
 ) -> None:
     """Measure retrieval quality: recall@1/5/10, precision@k, MRR, mAP, latency, and how
     well the calibrated verdicts separate matches from products not in the catalog."""
@@ -119,7 +153,9 @@ def eval_command(
     looping = simulate_feedback is not None or curve is not None
     if looping and feedback_pool is None:
         raise typer.BadParameter("--simulate-feedback and --curve need a --feedback-pool")
-    with open_service() as service:
+    if feedback_share is not None and not looping:
+        raise typer.BadParameter("--feedback-share needs --simulate-feedback or --curve")
+    with open_service() as service, _progress(show_progress) as bars:
         leave_out = parse_out_of_catalog(out_of_catalog)
         loaded = read_queries(queries, where=parse_pairs(where, "--where"))
         if not looping:
@@ -131,25 +167,26 @@ def eval_command(
                 out_of_catalog=leave_out,
                 seed=seed,
                 order=order.value,
+                progress=partial(bars, "queries") if bars else None,
             )
         else:
             assert feedback_pool is not None
             pool = read_queries(feedback_pool, where=parse_pairs(pool_where, "--pool-where"))
             ks = parse_curve(curve) if curve else [simulate_feedback or 0]
-            with progress_bars() as bars:
-                points = feedback_curve(
-                    service,
-                    collection,
-                    loaded,
-                    pool,
-                    ks,
-                    seed=seed,
-                    out_of_catalog=leave_out,
-                    group_by=group_by,
-                    order=order.value,
-                    progress=Bars(bars),
-                    plan=plan,
-                )
+            points = feedback_curve(
+                service,
+                collection,
+                loaded,
+                pool,
+                ks,
+                seed=seed,
+                out_of_catalog=leave_out,
+                group_by=group_by,
+                order=order.value,
+                progress=bars,
+                plan=plan,
+                share=feedback_share,
+            )
     if not looping:
         if as_json:
             out.print_json(json.dumps(report.to_dict()))
@@ -162,3 +199,10 @@ def eval_command(
         print_curve(out, points)
     else:
         print_eval(out, points[0].report)
+    if looping and not as_json and feedback_share is not None:
+        for point in points:  # the two halves of a --feedback-share run, one line each
+            for half, m in (point.report.feedback_split or {}).items():
+                out.print(
+                    f"K={point.k} {half.replace('_', ' ')}: {m['queries']} queries, "
+                    f"recall@1 {m['recall@1'] or 0:.3f}, recall@5 {m['recall@5'] or 0:.3f}"
+                )

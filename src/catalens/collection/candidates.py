@@ -18,7 +18,7 @@ from catalens.search.scoring import ProductFacts
 from catalens.stores.base import HoldsVectors, SearchesWithVectors, VectorStore
 from catalens.types import ImageMatch
 
-__all__ = ["nearest_images"]
+__all__ = ["nearest_images", "nearest_images_and_plain"]
 
 
 def nearest_images(
@@ -30,15 +30,28 @@ def nearest_images(
 ) -> list[ImageMatch]:
     """Up to ``k`` images nearest ``query`` (d,), best first: scored by the store, or with
     ``mean`` re-scored by the cosine centred on it and sorted again."""
+    return nearest_images_and_plain(store, facts, query, k, mean)[0]
+
+
+def nearest_images_and_plain(
+    store: VectorStore,
+    facts: ProductFacts,
+    query: NDArray[np.float32],
+    k: int,
+    mean: NDArray[np.float32] | None,
+) -> tuple[list[ImageMatch], list[ImageMatch]]:
+    """``nearest_images``, and the same candidates as the store scored them (uncentred:
+    what the calibration and a user's threshold read, ``collection/stable_scores.py``)."""
     if mean is None:
-        return store.search(query.reshape(1, -1), k)[0]
+        plain = store.search(query.reshape(1, -1), k)[0]
+        return plain, plain
     vectors: NDArray[np.float32] | None = None
     if isinstance(store, SearchesWithVectors):
         matches, vectors = store.search_with_vectors(query, k)
     else:
         matches = store.search(query.reshape(1, -1), k)[0]
     if not matches:
-        return matches
+        return matches, matches
     if vectors is None:
         ids = [m.image_id for m in matches]
         held = store.vectors_of(ids) if isinstance(store, HoldsVectors) else None
@@ -48,4 +61,4 @@ def nearest_images(
         ImageMatch(m.image_id, m.product_id, float(score))
         for m, score in zip(matches, scores, strict=True)
     ]
-    return sorted(rescored, key=lambda m: -m.score)
+    return sorted(rescored, key=lambda m: -m.score), matches

@@ -34,6 +34,7 @@ from catalens.ledger.state import CollectionState
 from catalens.search.calibration import Calibration, NoCalibration
 from catalens.search.query_crops import DomainCentering
 from catalens.stores.base import Reloads, VectorStore
+from catalens.types import ModelIdentity
 
 __all__ = ["MERGE_SECONDS", "REFRESH_SECONDS", "Coherent", "writer_lock_of"]
 
@@ -102,6 +103,12 @@ class Coherent:
         self.config = replace(self.config, source=source)
         self.ledger.set_config(self.config.to_dict())
         self._config_doc = self.ledger.config()  # as saved (JSON), as other processes read it
+
+    def update_model(self, model: ModelIdentity) -> None:
+        """Record what the model's identity learned (the runtime the int8 guard chose)."""
+        self.config = replace(self.config, model=model)
+        self.ledger.set_config(self.config.to_dict())
+        self._config_doc = self.ledger.config()
 
     def _take_config(self, document: Mapping[str, Any]) -> None:
         if document != self._config_doc:

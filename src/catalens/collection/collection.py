@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from catalens.collection.candidates import nearest_images
+from catalens.collection.candidates import nearest_images_and_plain
 from catalens.collection.coherence import Coherent, writer_lock_of
 from catalens.collection.config import CollectionConfig
 from catalens.collection.folders import copy_collection_dir, remove_collection_dir
 from catalens.collection.locks import ReadWriteLock
 from catalens.collection.redact import shown_source
+from catalens.collection.stable_scores import judge
 from catalens.errors import CollectionNotFoundError, ModelMismatchError
 from catalens.ledger.hit_rows import hit_rows
 from catalens.ledger.sqlite import SqliteState
@@ -205,7 +206,7 @@ class Collection(Coherent):
             k = min(total, max(top_k * 4, 32, options.rerank_depth if mean is not None else 0))
             facts = self.product_vectors.current()  # one look at the state per search
             while True:
-                matches = nearest_images(self.store, facts, queries[0], k, mean)
+                matches, plain = nearest_images_and_plain(self.store, facts, queries[0], k, mean)
                 best = score_products(
                     queries[0],
                     matches,
@@ -223,21 +224,39 @@ class Collection(Coherent):
                         for pid, hit in best.items()
                         if pid in products and metadata_matches(products[pid][1], filters)
                     }
-                kept = sum(1 for s, _ in best.values() if threshold is None or s >= threshold)
-                exhausted = k >= total or (
-                    threshold is not None and bool(matches) and matches[-1].score < threshold
+                # The threshold reads a score that does not move with centering.
+                judged = judge(
+                    self.calibration,
+                    queries[0],
+                    plain,
+                    best.keys(),
+                    options=options,
+                    facts=facts,
+                    cosine=self.config.metric == "cosine",
+                    photo=center,
                 )
-                if kept >= top_k or exhausted:
+                passing = {
+                    pid
+                    for pid, (_, image_id) in best.items()
+                    if threshold is None or judged.threshold_value(pid, image_id) >= threshold
+                }
+                exhausted = k >= total or (
+                    threshold is not None
+                    and bool(plain)
+                    and (
+                        len(best) > max(top_k, STATS_DEPTH)
+                        if judged.use_probability
+                        else plain[-1].score < threshold
+                    )
+                )
+                if len(passing) >= top_k or exhausted:
                     break
                 k = min(total, k * 4)
             ranked = sorted(best.items(), key=lambda item: -item[1][0])
-            depth = max(top_k, STATS_DEPTH) + 1
-            verdicts = self.calibration.verdicts([score for _, (score, _) in ranked[:depth]])
+            verdicts = judged.verdicts
             shown = [
-                (rank, item)
-                for rank, item in enumerate(ranked[:top_k], start=1)
-                if threshold is None or item[1][0] >= threshold
-            ]
+                (rank, item) for rank, item in enumerate(ranked, start=1) if item[0] in passing
+            ][:top_k]
             image_ids = [image_id for _, (_, (_, image_id)) in shown]
             if filters:
                 previews = self.ledger.previews(image_ids)
@@ -253,8 +272,9 @@ class Collection(Coherent):
                     image_id=previews[image_id].image_id if image_id in previews else None,
                     metadata=products.get(pid, ("", {}))[1],
                     collection=self.name,
-                    verdict=verdicts[rank - 1][0] if verdicts else None,
-                    probability=verdicts[rank - 1][1] if verdicts else None,
+                    verdict=verdicts[pid][0] if pid in verdicts else None,
+                    probability=verdicts[pid][1] if pid in verdicts else None,
+                    cosine=judged.cosine(image_id),
                 )
                 for rank, (pid, (score, image_id)) in shown
             ]
@@ -271,12 +291,17 @@ class Collection(Coherent):
             "index": self.config.index,
             "metric": self.config.metric,
             "products": counts["products"],
-            "images": counts["images"],
+            # Catalog images: confirmed photos are counted apart (the page said 61 where
+            # the catalog has 60 after one "Yes").
+            "images": counts["images"] - counts.get("confirmed_views", 0),
             "vectors": len(self.store),
             "failed_images": counts["failed_images"],
             "confirmed_views": counts.get("confirmed_views", 0),
             "has_text_tower": self.config.model.has_text_tower,
             "calibrated": isinstance(self.calibration, Calibration),
+            "calibration": (
+                self.calibration.summary() if isinstance(self.calibration, Calibration) else None
+            ),
             "last_sync": self.ledger.last_sync(),
             "source": shown_source(self.config.source),  # no header values or tokens
             "created_at": self.config.created_at,

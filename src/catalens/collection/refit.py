@@ -1,9 +1,14 @@
 """When a collection's calibration is refitted: the refit policy ingest, search, feedback
 and evaluation share.
 
-A fit (``search/calibration.py``) is made after an ingest that changed the catalog, once
-confirmed photos changed by ``REFIT_SHARE`` of those the last fit saw, and each time the
-domain mean its scores are centred on has settled further (``observe_query``).
+An ingest that changed the catalog fits it from synthetic views of the catalog
+(``collection/cold_start.py``, through ``recalibrate(collection, views)``). Confirmed photos
+take over once there are ``calibration.MIN_CONFIRMED`` of them, refitted once they changed
+by ``REFIT_SHARE`` of those the last fit saw; until then a synthetic fit stays (a refit
+without the views at hand would fall back to held-out catalog images, which a catalog of
+one image per product does not have). Fits are made on uncentred cosines, so the domain
+mean settling does not call for a refit; a fit made on centred scores (by an older
+version) is replaced once, at the next query (``observe_query``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 from numpy.typing import NDArray
 
+from catalens.collection.cold_start import SyntheticQueries, fit_synthetic, kept_views
 from catalens.collection.collection import Collection
 from catalens.search import calibration
 
@@ -31,25 +37,47 @@ REFIT_SHARE = 0.05
 """Refit the calibration once confirmed views changed by this share (or by one, if fewer)."""
 
 
-def recalibrate(collection: Collection) -> calibration.Calibration | None:
+def recalibrate(
+    collection: Collection, views: SyntheticQueries | None = None
+) -> calibration.Calibration | None:
     """Fit the collection's calibration now (and use it); ``None`` when it cannot be fitted.
-    Products in ``collection.calibration_exclude`` are left out of the fit."""
-    options = collection.config.search
-    mean = collection.centering.current(options.centering_min_queries)
+    With enough confirmed photos they are the samples; else ``views`` (synthetic views of
+    the catalog, or those of the last cold-start fit in this process); else a synthetic fit
+    already made is kept; else held-out catalog images. Products in
+    ``collection.calibration_exclude`` are left out of the fit."""
+    exclude = collection.calibration_exclude
+    fitted = _fit_from_images(collection, confirmed_only=True)
+    if fitted is None:
+        views = views if views is not None else kept_views(collection)
+        current = collection.calibration
+        if views is not None:
+            fitted = fit_synthetic(collection, views, exclude=exclude)
+        elif (
+            isinstance(current, calibration.Calibration) and current.source == calibration.SYNTHETIC
+        ):
+            return current  # the views are gone with the process that made them
+        else:
+            fitted = _fit_from_images(collection, confirmed_only=False)
+    collection.set_calibration(fitted)
+    return fitted
+
+
+def _fit_from_images(
+    collection: Collection, *, confirmed_only: bool
+) -> calibration.Calibration | None:
+    """A fit from confirmed photos (or, unless ``confirmed_only``, held-out images)."""
     dim = collection.config.model.dim
     with collection.lock.read():
         queries = collection.ledger.confirmed_queries()
-        fitted = calibration.fit(
+        return calibration.fit(
             collection.ledger,
             dim=dim,
-            options=options,
-            mean=mean if options.centering else None,
+            options=collection.config.search,
+            mean=None,  # uncentred: see search/calibration.py
             photo_queries={i: q for i, q in queries.items() if q.size == dim},
-            centering_queries=collection.centering.count,
             exclude=collection.calibration_exclude,
+            confirmed_only=confirmed_only,
         )
-    collection.set_calibration(fitted)
-    return fitted
 
 
 def refit_if_due(collection: Collection, *, force: bool = False) -> bool:
@@ -65,27 +93,17 @@ def refit_if_due(collection: Collection, *, force: bool = False) -> bool:
 
 
 def observe_query(collection: Collection, query: NDArray[np.float32]) -> None:
-    """Count a photo query into the collection's domain mean, then refit the calibration if
-    that mean has settled further (``refit_if_centering_moved``). Searches and feedback
-    photos both come through here, so the fit follows every query the mean has seen."""
+    """Count a photo query into the collection's domain mean, then replace a calibration
+    made on centred scores (``refit_if_centering_moved``)."""
     collection.observe_query(query)
     refit_if_centering_moved(collection)
 
 
 def refit_if_centering_moved(collection: Collection) -> bool:
-    """Refit the calibration when the domain mean its scores were centred on has settled
-    further: when centering starts, and then each time the queries behind the mean double
-    (up to the window, then once per window). A fit made before centering started would
-    otherwise judge centred scores by an uncentred scale."""
+    """Refit a calibration made on centred scores (by an older version): its probabilities
+    would drift with the domain mean. A fit on uncentred cosines never needs this."""
     current = collection.calibration
-    options = collection.config.search
-    if not options.centering or not isinstance(current, calibration.Calibration):
-        return False
-    seen, fitted = collection.centering.count, current.centering_queries
-    if seen < options.centering_min_queries:
-        return False
-    settled = fitted >= options.centering_min_queries
-    if settled and seen < fitted + min(fitted, options.centering_window):
+    if not isinstance(current, calibration.Calibration) or current.stable:
         return False
     recalibrate(collection)
     return True
@@ -101,7 +119,7 @@ def calibrated_without(collection: Collection, products: AbstractSet[str]) -> It
     collection.calibration_exclude = frozenset(products)
     try:
         if products and isinstance(previous, calibration.Calibration):
-            recalibrate(collection)
+            recalibrate(collection)  # a synthetic fit without its views stays as it is
         yield
     finally:
         collection.calibration_exclude = frozenset()

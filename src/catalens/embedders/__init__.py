@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from catalens.embedders import hub
 from catalens.embedders.base import (
@@ -35,6 +35,9 @@ from catalens.embedders.base import (
 )
 from catalens.embedders.preprocess import Preprocessing
 from catalens.errors import ModelError
+
+if TYPE_CHECKING:
+    from catalens.embedders.int8_guard import GuardThresholds
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -75,11 +78,13 @@ def _looks_like_path(spec: str) -> bool:
 @dataclass(frozen=True)
 class ClipRuntime:
     """Where CLIP models run: ``runtime`` auto, onnx or torch; exports under ``models_dir``
-    (none: torch only), made on first use when ``auto_export``."""
+    (none: torch only), made on first use when ``auto_export``; with ``guard``, ``auto`` on a
+    CPU picks int8 per collection where it agrees with fp32 (``int8_guard``)."""
 
     runtime: str = "auto"
     auto_export: bool = False
     models_dir: Path | None = None
+    guard: GuardThresholds | None = None
 
 
 def _clip(
@@ -95,6 +100,7 @@ def _clip(
         runtime=clip.runtime,
         auto_export=clip.auto_export,
         models_dir=clip.models_dir,
+        guard=clip.guard,
     )
 
 
@@ -153,7 +159,7 @@ def load_embedder(
     if spec in BUILTIN_MODELS:
         return BUILTIN_MODELS[spec](device, batch_size)
     clip = clip or ClipRuntime()
-    variant = ":int8" if spec.endswith(":int8") else ""
+    variant = next((v for v in (":int8", ":fp32") if spec.endswith(v)), "")
     base = spec[: len(spec) - len(variant)]
     path = Path(base).expanduser()
     directory = path if path.is_dir() else None
@@ -161,7 +167,7 @@ def load_embedder(
         directory = path.parent
     if directory is not None:
         if variant and (directory / "model.json").is_file():
-            raise ModelError(f"{spec}: int8 variants are for CLIP models, not ONNX model cards")
+            raise ModelError(f"{spec}: runtime variants are for CLIP models, not ONNX model cards")
         return _from_directory(
             directory,
             device=device,
@@ -237,7 +243,7 @@ def _from_hub(
     spec: str, *, device: str, batch_size: int, local_files_only: bool, clip: ClipRuntime
 ) -> Embedder:
     reachable = not local_files_only and hub.hub_reachable()
-    source = spec.removesuffix(":int8")
+    source = spec.removesuffix(":int8").removesuffix(":fp32")
     if not reachable and not hub.in_cache(source):
         # Nothing to load without the hub: say so now, before torch and transformers load.
         raise _HubUnreachableError(_unreachable(spec, local_files_only))

@@ -6,6 +6,11 @@
     auto     cpu        onnx            export it (onnx_auto_export), else torch
     onnx     any        onnx            export it (onnx_auto_export), else an error
 
+With ``guard`` (the service's default), ``auto`` on a CPU for a spec without a ``:int8`` /
+``:fp32`` suffix loads an ``int8_guard.GuardedClip`` (fp32 and int8 exports, the int8 one
+made when missing and exports are allowed): each collection then runs on int8 where the
+guard found it agrees with fp32 on its images. A suffix forces that variant.
+
 The ONNX side is ``clip_onnx.ClipOnnxEmbedder`` over an export from ``onnx_export``; the
 torch side is ``clip.ClipEmbedder``, imported only when chosen.
 """
@@ -19,8 +24,15 @@ from typing import Final
 
 from catalens.embedders.base import Embedder
 from catalens.embedders.clip_onnx import ClipOnnxEmbedder
+from catalens.embedders.int8_guard import GuardedClip, GuardThresholds
 from catalens.embedders.onnx_export import export_clip
-from catalens.embedders.onnx_files import export_dir, has_variant, locate, split_variant
+from catalens.embedders.onnx_files import (
+    export_dir,
+    forced_variant,
+    has_variant,
+    locate,
+    split_variant,
+)
 from catalens.errors import MissingExtraError, ModelError
 
 RUNTIMES: Final = ("auto", "onnx", "torch")
@@ -46,6 +58,7 @@ def load_clip(
     auto_export: bool = False,
     models_dir: Path | None = None,
     intra_op_threads: int | None = None,
+    guard: GuardThresholds | None = None,
 ) -> Embedder:
     """The CLIP embedder for ``spec`` on the runtime the table in the module doc picks."""
     if runtime not in RUNTIMES:
@@ -54,6 +67,12 @@ def load_clip(
     if variant != "fp32" and runtime == "torch":
         raise ModelError(f"{spec}: the {variant} variant runs on ONNX Runtime, not torch")
     on_gpu = device.startswith("cuda") or (device == "auto" and _cuda_through_torch())
+    if guard is not None and runtime == "auto" and not on_gpu and not forced_variant(spec):
+        guarded = _guarded_clip(
+            source, device, batch_size, local_files_only, auto_export, models_dir, guard
+        )
+        if guarded is not None:
+            return guarded
     if variant == "fp32" and (
         runtime == "torch" or models_dir is None or (runtime == "auto" and on_gpu)
     ):
@@ -98,6 +117,35 @@ def load_clip(
         batch_size=batch_size,
         intra_op_threads=intra_op_threads,
     )
+
+
+def _guarded_clip(
+    source: str,
+    device: str,
+    batch_size: int,
+    local_files_only: bool,
+    auto_export: bool,
+    models_dir: Path | None,
+    guard: GuardThresholds,
+) -> GuardedClip | None:
+    """fp32 and int8 exports of ``source`` as a ``GuardedClip``; ``None`` (plain fp32, as
+    without the guard) when there are no exports and none may be made, or the int8 one
+    cannot be made."""
+    if models_dir is None:
+        return None
+    located = locate(source, local_files_only=local_files_only)
+    directory = export_dir(models_dir, *located) if located is not None else None
+    if directory is None or not has_variant(directory, "int8"):
+        if not auto_export:
+            return None
+        try:
+            directory = export_clip(
+                source, models_dir=models_dir, quantize="int8", local_files_only=local_files_only
+            ).directory
+        except (ModelError, MissingExtraError) as exc:
+            log.warning("no int8 export of %s, running it on fp32: %s", source, exc)
+            return None
+    return GuardedClip(directory, thresholds=guard, device=device, batch_size=batch_size)
 
 
 def _torch_clip(source: str, device: str, batch_size: int, local_files_only: bool) -> Embedder:

@@ -26,6 +26,8 @@ FILES: Final = {
 }
 VARIANT_SUFFIX: Final = ":int8"
 """A model spec ending in this asks for the int8 export (``openai/clip-vit-base-patch32:int8``)."""
+FP32_SUFFIX: Final = ":fp32"
+"""A model spec ending in this forces fp32 where the int8 guard would otherwise choose."""
 
 
 def safe_name(name: str) -> str:
@@ -59,10 +61,16 @@ def has_variant(directory: Path, variant: str) -> bool:
 
 
 def split_variant(spec: str) -> tuple[str, str]:
-    """``"dir:int8"`` -> ``("dir", "int8")``; anything else -> ``(spec, "fp32")``."""
+    """``"dir:int8"`` -> ``("dir", "int8")``; ``"dir:fp32"`` -> ``("dir", "fp32")``; anything
+    else -> ``(spec, "fp32")``."""
     if spec.endswith(VARIANT_SUFFIX):
         return spec[: -len(VARIANT_SUFFIX)], "int8"
-    return spec, "fp32"
+    return spec.removesuffix(FP32_SUFFIX), "fp32"
+
+
+def forced_variant(spec: str) -> bool:
+    """Whether ``spec`` names its runtime (``:int8``, ``:fp32``), so no guard chooses it."""
+    return spec.endswith((VARIANT_SUFFIX, FP32_SUFFIX))
 
 
 def locate(source: str, *, local_files_only: bool = True) -> tuple[str, str] | None:

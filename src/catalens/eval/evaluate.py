@@ -23,6 +23,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,24 @@ def score_verdicts(
     }
 
 
+def score_split(results: Sequence[QueryResult], fed: AbstractSet[str]) -> dict[str, Any]:
+    """Recall of the queries whose product received feedback (``fed``) and of the others
+    apart: does what the confirmed photos taught reach the products that had none?"""
+    halves: dict[str, list[QueryResult]] = {"with_feedback": [], "without_feedback": []}
+    for result in results:
+        key = "with_feedback" if result.query.item_ids & fed else "without_feedback"
+        halves[key].append(result)
+    split: dict[str, Any] = {}
+    for key, items in halves.items():
+        metrics = score(items, (1, 5))
+        split[key] = {
+            "queries": len(items),
+            "recall@1": metrics.get("recall@1"),
+            "recall@5": metrics.get("recall@5"),
+        }
+    return split
+
+
 SHUFFLED = "shuffled"
 FILE_ORDER = "file"
 ORDERS = (SHUFFLED, FILE_ORDER)
@@ -178,6 +197,8 @@ class EvalReport:
     """Queries that could not be run (missing file, unreadable image), with the reason."""
     verdicts: dict[str, Any] = field(default_factory=dict)
     """``score_verdicts`` of the in-catalog and out-of-catalog queries."""
+    feedback_split: dict[str, Any] | None = None
+    """``score_split`` when only some products received feedback (``--feedback-share``)."""
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = dict(self.metrics)
@@ -189,6 +210,8 @@ class EvalReport:
             skipped=self.skipped,
             **self.verdicts,
         )
+        if self.feedback_split is not None:
+            data["feedback_split"] = self.feedback_split
         return data
 
 
@@ -203,10 +226,12 @@ def evaluate(
     seed: int = 0,
     order: str = SHUFFLED,
     progress: Callable[[int, int], None] | None = None,
+    fed: AbstractSet[str] | None = None,
 ) -> EvalReport:
     """Search every query in ``collection`` and score the rankings. Queries whose product is
     not in the catalog, or among the ``out_of_catalog`` share left out on purpose, score the
-    verdicts only. ``order``: see ``ordered``."""
+    verdicts only. ``order``: see ``ordered``. ``fed``: the products that received feedback,
+    scored apart from the others (``score_split``)."""
     queries = ordered(queries, order, seed=seed)
     opened = service.collection(collection)
     each = out_of_catalog == EACH
@@ -265,6 +290,7 @@ def evaluate(
         },
         skipped=skipped,
         verdicts=score_verdicts(results, outside),
+        feedback_split=score_split(results, fed) if fed is not None else None,
     )
 
 

@@ -11,6 +11,11 @@ itself is never changed and the points do not leak into each other. A product's 
 shuffled once with the seed and the first K taken, so the photos of a smaller K are among
 those of a larger one. A ``FeedbackPlan`` (``eval/poison.py``) sends them as keyless verdicts
 instead, and can run a poisoning attack first.
+
+``--feedback-share F`` gives feedback to a seeded share of the products only (of those the pool
+has photos of), and reports the
+queries of the products with feedback and of those without apart (``feedback_split``): the
+second half says whether what confirmed photos teach reaches the rest of the catalog.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from catalens.errors import CatalensError, ConfigError
@@ -45,9 +51,13 @@ class CurvePoint:
     """Of the photos fed, those that are confirmed photos at the end (keyless verdicts may
     still wait); ``None`` for keyed feedback, where every one applies."""
     poison: PoisonReport | None = None
+    share: float | None = None
+    """The share of products that received feedback (``None``: all of them)."""
 
     def to_dict(self) -> dict[str, object]:
         extra: dict[str, object] = {}
+        if self.share is not None:
+            extra["feedback_share"] = self.share
         if self.applied is not None:
             extra["applied"] = self.applied
         if self.poison is not None:
@@ -80,6 +90,18 @@ def pick_photos(
     return picked
 
 
+def feedback_products(
+    product_ids: AbstractSet[str], share: float | None, *, seed: int = 0
+) -> frozenset[str]:
+    """The products that receive feedback: a seeded ``share`` of them (``None``: all)."""
+    if share is None:
+        return frozenset(product_ids)
+    if not 0.0 < share <= 1.0:
+        raise ConfigError(f"--feedback-share must be in (0, 1], got {share}")
+    ids = sorted(product_ids)
+    return frozenset(random.Random(f"feedback:{seed}").sample(ids, round(len(ids) * share)))
+
+
 def simulate_feedback(
     service: CatalensService,
     collection: str,
@@ -89,11 +111,13 @@ def simulate_feedback(
     seed: int = 0,
     progress: Progress | None = None,
     plan: FeedbackPlan = FeedbackPlan(),
+    products: AbstractSet[str] | None = None,
 ) -> tuple[int, int]:
-    """Confirm ``k`` pool photos per product through ``service.feedback``, trusted or not as
-    ``plan`` says; (fed, failed)."""
+    """Confirm ``k`` pool photos per product (of ``products``, when given) through
+    ``service.feedback``, trusted or not as ``plan`` says; (fed, failed)."""
     opened = service.collection(collection)
-    picked = pick_photos(pool, opened.ledger.product_ids(), k, seed=seed)
+    ids = opened.ledger.product_ids()
+    picked = pick_photos(pool, ids & products if products is not None else ids, k, seed=seed)
     fed = failed = 0
     with opened.deferred_flush():
         for done, (product_id, photo) in enumerate(picked, start=1):
@@ -129,12 +153,18 @@ def feedback_curve(
     order: str = SHUFFLED,
     progress: Progress | None = None,
     plan: FeedbackPlan = FeedbackPlan(),
+    share: float | None = None,
 ) -> list[CurvePoint]:
     """One evaluation per K, each on a fresh copy of ``collection`` fed K photos per product
-    (after ``plan.poison`` attack verdicts, when it asks for them)."""
+    (after ``plan.poison`` attack verdicts, when it asks for them). With ``share``, only that
+    seeded share of the products is fed, and every point (K=0 too: the cold start of the
+    same split) scores the two halves apart."""
     if any(k < 0 for k in ks):
         raise ConfigError("feedback counts must be >= 0")
-    service.collection(collection)  # an unknown collection fails before any copy
+    opened = service.collection(collection)  # an unknown collection fails before any copy
+    pooled = {pid for pid, _ in pick_photos(pool, opened.ledger.product_ids(), 1, seed=seed)}
+    fed_products = feedback_products(pooled, share, seed=seed)
+    chosen = fed_products if share is not None else None
     points = []
     for k in ks:
         copy = f"eval-{os.getpid()}-k{k}-{collection}"[:64]
@@ -143,13 +173,24 @@ def feedback_curve(
             with service.collection(copy).deferred_flush():
                 sent = attack(service, copy, pool, plan, seed=seed)
             fed, failed = (
-                simulate_feedback(service, copy, pool, k, seed=seed, progress=progress, plan=plan)
+                simulate_feedback(
+                    service,
+                    copy,
+                    pool,
+                    k,
+                    seed=seed,
+                    progress=progress,
+                    plan=plan,
+                    products=chosen,
+                )
                 if k
                 else (0, 0)
             )
             if sent and not k:
                 service.recalibrate(copy)
-            applied = _applied(service, copy, pool, k, seed) if plan.trust == "keyless" else None
+            applied = (
+                _applied(service, copy, pool, k, seed, chosen) if plan.trust == "keyless" else None
+            )
             poisoned = poison_report(service, copy, sent) if plan.poison else None
             report = evaluate(
                 service,
@@ -160,22 +201,39 @@ def feedback_curve(
                 seed=seed,
                 order=order,
                 progress=_stage(progress, f"eval K={k}"),
+                fed=chosen,
             )
         finally:
             service.delete_collection(copy)
         report.collection = collection
         points.append(
-            CurvePoint(k=k, fed=fed, failed=failed, report=report, applied=applied, poison=poisoned)
+            CurvePoint(
+                k=k,
+                fed=fed,
+                failed=failed,
+                report=report,
+                applied=applied,
+                poison=poisoned,
+                share=share,
+            )
         )
     return points
 
 
-def _applied(service: CatalensService, copy: str, pool: Sequence[Query], k: int, seed: int) -> int:
+def _applied(
+    service: CatalensService,
+    copy: str,
+    pool: Sequence[Query],
+    k: int,
+    seed: int,
+    products: AbstractSet[str] | None,
+) -> int:
     """How many of the photos ``simulate_feedback`` picked are confirmed photos of their
     product now."""
     opened = service.collection(copy)
     confirmed = {(row.content_hash, row.product_id) for row in opened.ledger.confirmed_photos()}
-    picked = pick_photos(pool, opened.ledger.product_ids(), k, seed=seed)
+    ids = opened.ledger.product_ids()
+    picked = pick_photos(pool, ids & products if products is not None else ids, k, seed=seed)
     hashes = {}
     for product_id, photo in picked:
         try:

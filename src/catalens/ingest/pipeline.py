@@ -87,6 +87,8 @@ class IngestReport:
     images_removed: int = 0
     failed: list[IngestFailure] = field(default_factory=list)
     seconds: float = 0.0
+    model_runtime: str = ""
+    """When this run chose the collection's CLIP runtime (the int8 guard): which and why."""
 
     @property
     def images_failed(self) -> int:

@@ -28,6 +28,14 @@ _PREVIEWS = (
 )
 
 
+# Both in one statement (one round trip, no pipeline): product rows carry their id first,
+# preview rows a NULL there and the matched image id after the product columns.
+_HIT_ROWS = (
+    "SELECT id, title, metadata, NULL::bigint, NULL::bigint, NULL::text FROM {products}"
+    " WHERE id = ANY(%s) UNION ALL SELECT NULL, NULL, NULL, v.* FROM (" + _PREVIEWS + ") v"
+)
+
+
 def _products(rows: list[tuple[Any, ...]]) -> Products:
     return {str(pid): (str(title), metadata) for pid, title, metadata in rows}
 
@@ -53,10 +61,12 @@ class PgHitReads:
             return _previews(rows.fetchall())
 
     def hit_rows(self, product_ids: Iterable[str], image_ids: Iterable[int]) -> HitRows:
-        """``get_products`` and ``previews`` on one connection, in one pipeline (one round
-        trip; each statement is its own snapshot, as the two calls would be)."""
+        """``get_products`` and ``previews`` in one statement (one round trip, one
+        snapshot for both)."""
+        wanted = (list(dict.fromkeys(product_ids)), CATALOG, list(image_ids))
         with self._pool.connection() as conn:
-            with conn.pipeline():
-                products = conn.execute(self._q(_PRODUCTS), (list(dict.fromkeys(product_ids)),))
-                previews = conn.execute(self._q(_PREVIEWS), (CATALOG, list(image_ids)))
-            return _products(products.fetchall()), _previews(previews.fetchall())
+            rows = conn.execute(self._q(_HIT_ROWS), wanted).fetchall()
+        return (
+            _products([row[:3] for row in rows if row[0] is not None]),
+            _previews([row[3:] for row in rows if row[0] is None]),
+        )

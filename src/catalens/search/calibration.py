@@ -3,17 +3,26 @@ verdict, ``match``, ``ambiguous`` (several products close) or ``no_match`` (prob
 the catalog).
 
 Raw cosines mean different things per model and per catalog, so the mapping is fitted per
-collection, with no labels beyond what the collection holds:
+collection, with no labels beyond what the collection holds (``source``):
 
-- **Held-out images.** One searchable image of a product is taken out and used as the query
-  against the rest (leave-one-image-out): the product's remaining images should win, which
-  gives positive and negative candidates. The same query with its whole product left out is
-  a query for a product that is not in the catalog (leave-product-out): every candidate is a
-  negative.
-- **Confirmed feedback.** Confirmed photos are such images, and their held-out query is the
-  vector the shopper's search used: the most faithful samples there are. Once a collection
-  has ``MIN_CONFIRMED`` of them, only they are used (product images as queries score in
-  another range than photos).
+- **Synthetic views** (``synthetic``). Shopper-like photos of the collection's own catalog
+  images (``search/synthetic_views.py``), searched like a real photo: the product's images
+  should win (positive and negative candidates), and the same query with its product left
+  out is a query for a product that is not in the catalog (leave-product-out: every
+  candidate is a negative). Made at ingest (``collection/cold_start.py``), so a new
+  collection has verdicts from its first query.
+- **Held-out images** (``held-out``). One searchable image of a product is taken out and
+  used as the query against the rest (leave-one-image-out), and again with its product left
+  out. Used when there are no synthetic views (a refit without the model at hand).
+- **Confirmed feedback** (``confirmed``). Confirmed photos are such images, and their
+  held-out query is the vector the shopper's search used: the most faithful samples there
+  are. Once a collection has ``MIN_CONFIRMED`` of them, only they are used.
+
+The scores fitted, and judged at query time, are the **uncentred** cosines of the
+candidates (``space`` ``cosine``), ranked among themselves: domain centering moves as
+queries arrive, and a probability read from centred scores would drift with it, so the
+same photo would get another probability (and pass a user's threshold or not) an hour
+later. The ranking shown stays centred (``collection/stable_scores.py``).
 
 A logistic regression on four features of each of a query's top candidates (its score, its
 gap to the top score, its score standardised over the top ``STATS_DEPTH`` scores, and its
@@ -21,9 +30,8 @@ margin over the next candidate) gives the probability. ``match`` needs a probabi
 least ``match_probability``: 0.5, raised until at most ``target_fpr`` of the left-out-product
 queries would be a match; ``ambiguous`` needs ``ambiguous_probability``.
 
-A collection with no product of two images and no confirmed photo cannot be fitted: its
-hits carry no verdict. ``collection/refit.py`` says when to refit; the fit is kept in the
-collection's state (``CollectionState.set_calibration``).
+``collection/refit.py`` says when to refit; the fit is kept in the collection's state
+(``CollectionState.set_calibration``).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -66,6 +74,11 @@ def features(scores: Sequence[float] | NDArray[np.float64]) -> NDArray[np.float6
     return np.column_stack([s, s[0] - s, z, s - nxt])
 
 
+SYNTHETIC, HELD_OUT, CONFIRMED_SOURCE = "synthetic", "held-out", "confirmed"
+COSINE_SPACE = "cosine"
+"""A fit on uncentred cosines (every fit made now); older fits were on centred scores."""
+
+
 @dataclass(frozen=True)
 class Calibration:
     weights: tuple[float, ...]
@@ -76,49 +89,126 @@ class Calibration:
     negatives: int
     queries: int
     source: str
-    """``confirmed`` (shopper photos) or ``catalog`` (held-out catalog images)."""
+    """``synthetic``, ``held-out`` or ``confirmed`` (see the module docstring)."""
     confirmed_views: int
     """Confirmed views in the collection when this was fitted."""
     train_fpr: float
     """Share of the left-out-product queries whose top candidate is a ``match``."""
     fitted_at: float
     centering_queries: int = 0
-    """Queries behind the domain mean the scores were centred on when this was fitted (0:
-    not centred). Scores move as that mean settles, so the fit follows it (``feedback``)."""
+    """Queries behind the domain mean when this was fitted (kept for older, centred fits)."""
+    products: int = 0
+    """Products the fit's queries are of."""
+    space: str = "centred"
+    """``cosine``: fitted on uncentred cosines (stable as centering moves)."""
+    seconds: float = 0.0
+    """How long the fit took, rendering and embedding included."""
 
     def probabilities(self, scores: Sequence[float]) -> list[float]:
-        feats = features(scores)
-        w = np.asarray(self.weights, dtype=np.float64)
-        logits = feats @ w[:-1] + w[-1]
-        return [float(p) for p in 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))]
+        return [float(p) for p in _predict(np.asarray(self.weights), features(scores))]
+
+    def verdict(self, probability: float) -> str:
+        if probability >= self.match_probability:
+            return MATCH
+        if probability >= self.ambiguous_probability:
+            return AMBIGUOUS
+        return NO_MATCH
 
     def verdicts(self, scores: Sequence[float]) -> list[tuple[str, float]]:
         """(verdict, probability) for each of ``scores`` (a query's product scores, best
         first: pass a few more than are shown, ``STATS_DEPTH`` at least)."""
-        result = []
-        for p in self.probabilities(scores):
-            if p >= self.match_probability:
-                verdict = MATCH
-            elif p >= self.ambiguous_probability:
-                verdict = AMBIGUOUS
-            else:
-                verdict = NO_MATCH
-            result.append((verdict, round(p, 4)))
-        return result
+        return [(self.verdict(p), round(p, 4)) for p in self.probabilities(scores)]
+
+    def by_product(self, scores: Mapping[str, float]) -> dict[str, tuple[str, float]]:
+        """product id -> (verdict, probability), from each candidate product's score
+        (``scores``: every candidate of one query, in any order)."""
+        ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+        judged = self.verdicts([score for _, score in ranked])
+        return {pid: v for (pid, _), v in zip(ranked, judged, strict=True)}
+
+    @property
+    def stable(self) -> bool:
+        """Fitted on uncentred cosines: its probabilities do not move with centering."""
+        return self.space == COSINE_SPACE
+
+    def summary(self) -> dict[str, Any]:
+        """What the fit was made from: ``{"source", "samples", "products"}``."""
+        source = HELD_OUT if self.source == "catalog" else self.source
+        return {"source": source, "samples": self.queries, "products": self.products}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
-        return cls(**{**data, "weights": tuple(float(w) for w in data["weights"])})
+        known = {f for f in cls.__dataclass_fields__}
+        kept = {k: v for k, v in data.items() if k in known}
+        return cls(**{**kept, "weights": tuple(float(w) for w in data["weights"])})
 
 
 class NoCalibration:
     """Stands in for a collection that could not be fitted: no verdicts."""
 
+    stable = False
+
     def verdicts(self, scores: Sequence[float]) -> list[tuple[str, float]]:
         return []
+
+    def by_product(self, scores: Mapping[str, float]) -> dict[str, tuple[str, float]]:
+        return {}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled query for a fit: every candidate product's score, and its product."""
+
+    scores: Mapping[str, float]
+    product_id: str
+
+
+def fit_samples(
+    samples: Sequence[Sample],
+    *,
+    source: str,
+    confirmed_views: int = 0,
+    target_fpr: float = 0.05,
+    ambiguous_probability: float = 0.15,
+    started: float | None = None,
+) -> Calibration | None:
+    """Fit from labelled queries searched against the whole catalog: the right product
+    among each query's top candidates is a positive, the others negatives; the same
+    candidates without the right product are a left-out-product query. ``None`` when there
+    are too few of either."""
+    rows: list[NDArray[np.float64]] = []
+    labels: list[NDArray[np.float64]] = []
+    lpo_top: list[NDArray[np.float64]] = []
+    for sample in samples:
+        ranked = sorted(sample.scores.items(), key=lambda item: (-item[1], item[0]))
+        scores = np.array([s for _, s in ranked], dtype=np.float64)
+        if scores.size == 0:
+            continue
+        truth = np.array([pid == sample.product_id for pid, _ in ranked])
+        rows.append(features(scores)[:CANDIDATES])
+        labels.append(truth[:CANDIDATES].astype(np.float64))
+        rest = scores[~truth]
+        if rest.size:
+            lpo = features(rest)
+            rows.append(lpo[:CANDIDATES])
+            labels.append(np.zeros(min(CANDIDATES, rest.size)))
+            lpo_top.append(lpo[:1])
+    products = len({s.product_id for s in samples})
+    return _train(
+        rows,
+        labels,
+        lpo_top,
+        source=source,
+        queries=len(samples),
+        products=products,
+        confirmed_views=confirmed_views,
+        target_fpr=target_fpr,
+        ambiguous_probability=ambiguous_probability,
+        started=started,
+    )
 
 
 def fit(
@@ -134,21 +224,27 @@ def fit(
     seed: int = 0,
     centering_queries: int = 0,
     exclude: AbstractSet[str] = frozenset(),
+    confirmed_only: bool = False,
 ) -> Calibration | None:
-    """Fit a calibration from the collection's images (see the module docstring); ``None``
-    when there is not enough to fit one. ``photo_queries``: confirmed photo image id -> the
-    query vector its photo was searched with; ``exclude``: products fitted as if not in the
-    catalog (an evaluation that leaves them out)."""
+    """Fit a calibration from the collection's images (held-out or confirmed, see the module
+    docstring); ``None`` when there is not enough to fit one. ``photo_queries``: confirmed
+    photo image id -> the query vector its photo was searched with; ``exclude``: products
+    fitted as if not in the catalog (an evaluation that leaves them out); ``mean``: ``None``
+    (uncentred cosines, what every fit now uses); ``confirmed_only``: ``None`` unless there
+    are enough confirmed photos."""
+    started = time.perf_counter()
     ids, codes, vectors, confirmed = _load(state, dim, exclude)
     if ids.size == 0 or ids.size > MAX_IMAGES:
         return None
     centred = vectors if mean is None else l2_normalize(vectors - mean)
     counts = np.bincount(codes)
     held = np.flatnonzero(confirmed) if confirmed.sum() >= MIN_CONFIRMED else np.array([], int)
-    source = "confirmed"
+    source = CONFIRMED_SOURCE
+    if held.size == 0 and confirmed_only:
+        return None
     if held.size == 0:
         held = np.flatnonzero(counts[codes] > 1)
-        source = "catalog"
+        source = HELD_OUT
     if held.size == 0:
         return None
     rng = np.random.default_rng(seed)
@@ -186,6 +282,40 @@ def fit(
         rows.append(lpo[:CANDIDATES])
         labels.append(np.zeros(min(CANDIDATES, order.size)))
         lpo_top.append(lpo[:1])
+    fitted = _train(
+        rows,
+        labels,
+        lpo_top,
+        source=source,
+        queries=int(held.size),
+        products=int(np.unique(codes[held]).size),
+        confirmed_views=int(confirmed.sum()),
+        target_fpr=target_fpr,
+        ambiguous_probability=ambiguous_probability,
+        started=started,
+    )
+    if fitted is None or mean is None:
+        return fitted
+    return replace(fitted, space="centred", centering_queries=centering_queries)
+
+
+def _train(
+    rows: list[NDArray[np.float64]],
+    labels: list[NDArray[np.float64]],
+    lpo_top: list[NDArray[np.float64]],
+    *,
+    source: str,
+    queries: int,
+    products: int,
+    confirmed_views: int,
+    target_fpr: float,
+    ambiguous_probability: float,
+    started: float | None,
+) -> Calibration | None:
+    """The logistic regression over the candidates' features, and the ``match`` threshold
+    that keeps the left-out-product queries' top candidates within ``target_fpr``."""
+    if not rows or not lpo_top:
+        return None
     x = np.vstack(rows)
     y = np.concatenate(labels)
     positives = int(y.sum())
@@ -201,12 +331,14 @@ def fit(
         ambiguous_probability=ambiguous_probability,
         positives=positives,
         negatives=int(y.size - positives),
-        queries=int(held.size),
+        queries=queries,
         source=source,
-        confirmed_views=int(confirmed.sum()),
+        confirmed_views=confirmed_views,
         train_fpr=float((negatives_top >= threshold).mean()),
         fitted_at=time.time(),
-        centering_queries=centering_queries if mean is not None else 0,
+        products=products,
+        space=COSINE_SPACE,
+        seconds=round(time.perf_counter() - started, 3) if started is not None else 0.0,
     )
 
 
@@ -255,6 +387,8 @@ def _logistic(
 
 
 def _predict(weights: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]:
+    if x.shape[0] == 0:
+        return np.zeros(0)
     logits = x @ weights[:-1] + weights[-1]
     result: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
     return result

@@ -17,8 +17,9 @@ see docs/quality.md.
 from __future__ import annotations
 
 import json
+import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +27,9 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
-from catalens.embedders.base import Embedder, embed_images, l2_normalize
+from catalens.embedders.base import Embedder, l2_normalize
+from catalens.embedders.preprocess import Preprocessing
+from catalens.types import Hit
 
 DEFAULT_ZOOMS = (1.0, 1.25, 1.5625)
 
@@ -57,6 +60,16 @@ class SearchOptions:
     negative_similarity: float = 0.8
     """Below this cosine to a recorded wrong query there is no penalty; above it the
     penalty grows linearly up to ``negative_penalty`` at 1.0."""
+    adaptive_zoom: bool = False
+    """Embed the plain view first and the other zoom views only when its answer is not
+    sure (``adaptive_margin``); measured in docs/quality.md."""
+    adaptive_margin: float = 0.05
+    """The plain view's answer is sure when its best product leads the next by this much
+    score."""
+    photo_scoring: str = "views"
+    """How confirmed photos score (``search/photo_evidence.py``): ``views`` (more views of
+    their product) or ``evidence`` (beside the catalog images, so feedback on some products
+    does not take first place from the others; measured in docs/quality.md)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +82,32 @@ class SearchOptions:
         if "query_zooms" in values:
             values["query_zooms"] = tuple(float(z) for z in values["query_zooms"])
         return cls(**values)
+
+
+def _framed(prep: Preprocessing, crop: Image.Image, resample: Image.Resampling) -> Image.Image:
+    """``prep.resized(crop)`` in one resample of the ``crop`` x ``crop`` output: the box of
+    the resized image that the centre crop keeps, mapped back onto ``crop``."""
+    width, height = crop.size
+    side, out = prep.resize_shorter_side, prep.crop
+    if prep.resize == "squash":
+        new_w = new_h = side
+    elif width <= height:
+        new_w, new_h = side, max(1, int(side * height / width))
+    else:
+        new_w, new_h = max(1, int(side * width / height)), side
+    left, top = round((new_w - out) / 2.0), round((new_h - out) / 2.0)
+    sx, sy = width / new_w, height / new_h
+    box = (left * sx, top * sy, (left + out) * sx, (top + out) * sy)
+    return crop.resize((out, out), resample=resample, box=box)
+
+
+def confident_answer(hits: Sequence[Hit], options: SearchOptions) -> bool:
+    """Whether a ranking (of the plain view) is sure enough to skip the zoom views: its
+    best product leads the next by ``adaptive_margin`` score or more."""
+    if not hits:
+        return False
+    runner_up = hits[1].score if len(hits) > 1 else 0.0
+    return hits[0].score - runner_up >= options.adaptive_margin
 
 
 def center_crop(image: Image.Image, zoom: float) -> Image.Image:
@@ -94,26 +133,116 @@ def query_views(
     zooms: Sequence[float] = DEFAULT_ZOOMS,
     *,
     flip: bool = False,
+    confident: Callable[[NDArray[np.float32]], bool] | None = None,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """(the query vector, the plain view) of a photo, in one batch.
+    """(the query vector, the plain view) of a photo.
 
     The query vector averages the unit vectors of each centre zoom (and, with ``flip``, of
     each mirrored zoom); the plain view is the photo embedded as a catalog image would be
     (zoom 1.0, not mirrored), which is what a confirmed photo is stored as.
+
+    With ``confident`` (adaptive zoom views), the plain view is embedded first and, when
+    ``confident`` says its answer is already sure, it is the query vector too: the other
+    views are embedded only for the photos that need them.
     """
     zooms = tuple(zooms) or (1.0,)
-    views = [center_crop(image, zoom) for zoom in zooms]
-    if flip:
-        mirrored = ImageOps.mirror(image)
-        views += [center_crop(mirrored, zoom) for zoom in zooms]
-    extra_plain = 1.0 not in zooms
-    if extra_plain:
-        views.append(image)
-    vectors = embed_images(embedder, views)
-    used = vectors[:-1] if extra_plain else vectors
-    query: NDArray[np.float32] = l2_normalize(used.mean(axis=0, keepdims=True))[0]
-    plain: NDArray[np.float32] = vectors[-1] if extra_plain else vectors[zooms.index(1.0)]
+    views = zoom_pixels(embedder, image, zooms, flip=flip)
+    if views is None:  # an embedder with its own preprocessing: one view at a time
+        crops = [center_crop(image, zoom) for zoom in zooms]
+        if flip:
+            mirrored = ImageOps.mirror(image)
+            crops += [center_crop(mirrored, zoom) for zoom in zooms]
+        if 1.0 not in zooms:
+            crops.append(image)
+        views = np.stack([embedder.preprocess(crop) for crop in crops])
+    used = len(zooms) * (2 if flip else 1)
+    at = zooms.index(1.0) if 1.0 in zooms else used
+    if confident is not None and used > 1:
+        plain = embedder.embed_pixels(views[at : at + 1])[0]
+        if confident(plain):
+            return plain, plain
+        rest = embedder.embed_pixels(
+            np.delete(views[:used], at, axis=0) if at < used else views[:used]
+        )
+        vectors = np.insert(rest, at, plain, axis=0) if at < used else rest
+    else:
+        vectors = embedder.embed_pixels(views)
+        plain = vectors[at]
+    query: NDArray[np.float32] = l2_normalize(vectors[:used].mean(axis=0, keepdims=True))[0]
     return query, plain
+
+
+def zoom_pixels(
+    embedder: Embedder,
+    image: Image.Image,
+    zooms: Sequence[float],
+    *,
+    flip: bool = False,
+) -> NDArray[np.float32] | None:
+    """The model's input batch for the centre zoom views of ``image`` (then, with ``flip``,
+    the mirrored ones; then the plain view when 1.0 is not among ``zooms``), or ``None``
+    when the embedder does not describe its preprocessing.
+
+    Cheaper than preprocessing each crop: each view resamples only the pixels its centre
+    crop keeps (Pillow's ``box``), giving the same pixels as ``center_crop`` + ``preprocess``;
+    a large photo (twice what the tightest zoom needs, and more) is first resized once to
+    the square the plain view covers, and the views are cut from that; the pixels of every
+    view are scaled and normalised in one array operation."""
+    prep = getattr(embedder, "preprocessing", None)
+    if not isinstance(prep, Preprocessing):
+        return None
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    resample = Image.Resampling[prep.interpolation.upper()]
+    size = prep.crop
+    all_zooms = [max(1.0, z) for z in zooms] + ([] if 1.0 in zooms else [1.0])
+    # A large photo is resized once, to the square the plain view covers at the size the
+    # tightest zoom needs; each view is then cut from it and resampled to the input size.
+    width, height = image.size
+    ratio = size / prep.resize_shorter_side
+    if prep.resize == "squash":
+        region_w, region_h = width * ratio, height * ratio
+    else:
+        region_w = region_h = min(width, height) * ratio
+    base = math.ceil(size * max(all_zooms))
+    if min(region_w, region_h) >= 2 * base:
+        left, top = (width - region_w) / 2, (height - region_h) / 2
+        square = image.resize(
+            (base, base), resample=resample, box=(left, top, left + region_w, top + region_h)
+        )
+        arrays = []
+        for zoom in all_zooms:
+            side = base / zoom
+            at = (base - side) / 2
+            view = square.resize(
+                (size, size), resample=resample, box=(at, at, at + side, at + side)
+            )
+            arrays.append(np.asarray(view))
+    else:  # exactly what preprocessing each crop gives, resampling the input size only
+        arrays = [
+            np.asarray(_framed(prep, center_crop(image, zoom), resample)) for zoom in all_zooms
+        ]
+        if flip:  # a crop's rounding is not symmetric: mirror the photo, as before
+            mirrored = ImageOps.mirror(image)
+            flipped = [_framed(prep, center_crop(mirrored, zoom), resample) for zoom in zooms]
+            arrays[len(zooms) : len(zooms)] = [np.asarray(view) for view in flipped]
+            flip = False
+    pixels = np.stack(arrays)
+    if flip:
+        mirror = pixels[: len(zooms), :, ::-1]
+        pixels = np.concatenate([pixels[: len(zooms)], mirror, pixels[len(zooms) :]])
+    # (x * scale - mean) / std in one multiply-add over the batch; the layout is changed
+    # on the uint8 pixels, a quarter of the bytes of the float ones.
+    std = np.asarray(prep.std, dtype=np.float32)
+    scale = np.float32(prep.scale) / std
+    offset = np.asarray(prep.mean, dtype=np.float32) / std
+    if prep.layout == "NCHW":
+        pixels = pixels.transpose(0, 3, 1, 2)
+        scale, offset = scale.reshape(3, 1, 1), offset.reshape(3, 1, 1)
+    batch = np.ascontiguousarray(pixels).astype(np.float32)
+    batch *= scale
+    batch -= offset
+    return batch
 
 
 def fold_mean(

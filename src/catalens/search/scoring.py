@@ -12,9 +12,16 @@ centering when it is on) and hands them here:
   penalised by how similar the query is to the queries it was wrongly matched to: nothing
   below ``negative_similarity``, up to ``negative_penalty`` for the same photo again.
 
-Both need the vectors of a product's other images and its negatives; ``ProductVectors``
-keeps which products have several images and every negative in memory, reloaded when the
-collection's state changed.
+- **Confirmed photos** (``search/photo_evidence.py``). A product with confirmed photos is
+  scored on its catalog images as at cold start, plus how much its photos stand out from the
+  other products' photos for this query, less the margin the photos of a wrong product
+  typically get (learned from the confirmed queries). Photos never outrank catalog images
+  directly, so feedback on some products does not take first place from the others. Without
+  confirmed photos this is skipped and the scores are those of the cold start, bit for bit.
+
+All need the vectors of a product's other images and its negatives; ``ProductVectors``
+keeps which products have several images, every negative and the confirmed photos in
+memory, reloaded when the collection's state changed.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from catalens.embedders.base import l2_normalize
-from catalens.ledger.state import CollectionState
+from catalens.ledger.state import CONFIRMED, CollectionState, SearchableImage
+from catalens.search.photo_evidence import ConfirmedPhotos, with_photo_evidence
 from catalens.search.query_crops import SearchOptions
 from catalens.types import ImageMatch
 
@@ -57,6 +65,8 @@ class ProductFacts:
     """image id -> its row of ``matrix``, when the vectors are kept in memory."""
     by_product: Mapping[str, list[int]] = field(default_factory=dict)
     matrix: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    photos: ConfirmedPhotos = field(default_factory=ConfirmedPhotos)
+    """The confirmed photos, their products' catalog images and their shoppers' queries."""
 
     def current(self) -> ProductFacts:
         return self
@@ -123,6 +133,7 @@ class ProductVectors:
             multi=frozenset(pid for pid, n in counts.items() if n > 1),
             negative_vectors={pid: np.vstack(vs) for pid, vs in negatives.items()},
             matrix=np.zeros((0, self._dim), dtype=np.float32),
+            photos=self._photos(images),
         )
         if len(images) * self._dim * 4 > self._memory_cap:
             return facts
@@ -134,6 +145,26 @@ class ProductVectors:
             rows={image.image_id: row for row, image in enumerate(images)},
             by_product=by_product,
             matrix=self._state.vectors_for([i.content_hash for i in images], self._dim),
+        )
+
+    def _photos(self, images: list[SearchableImage]) -> ConfirmedPhotos:
+        owner = {i.image_id: i.product_id for i in images if i.origin == CONFIRMED}
+        if not owner:
+            return ConfirmedPhotos()
+        fed = set(owner.values())
+        catalog: dict[str, list[int]] = {pid: [] for pid in fed}
+        for image in images:
+            if image.product_id in fed and image.image_id not in owner:
+                catalog[image.product_id].append(image.image_id)
+        queries = {
+            image_id: vector
+            for image_id, vector in self._state.confirmed_queries().items()
+            if image_id in owner and vector.size == self._dim
+        }
+        return ConfirmedPhotos(
+            owner=owner,
+            catalog_ids={pid: tuple(ids) for pid, ids in catalog.items()},
+            queries=queries,
         )
 
     def multi_image(self) -> frozenset[str]:
@@ -179,8 +210,10 @@ def score_products(
         return best  # aggregation and penalties are defined on cosines
     facts = product_vectors.current()
     q = query if mean is None else l2_normalize((query - mean).reshape(1, -1))[0]
+    photos = facts.photos if options.photo_scoring == "evidence" else ConfirmedPhotos()
     if options.aggregation == "blend" and options.blend_weight < 1.0:
-        multi = facts.multi_image()
+        # Products with confirmed photos are blended on their catalog images alone, below.
+        multi = facts.multi_image() - frozenset(photos.catalog_ids)
         grouped = facts.of_products([pid for pid in best if pid in multi])
         if grouped:
             pids = list(grouped)
@@ -192,6 +225,10 @@ def score_products(
             for pid, cosine in zip(pids, cosines, strict=True):
                 score, image_id = best[pid]
                 best[pid] = (weight * score + (1.0 - weight) * float(cosine), image_id)
+    if photos:
+        best = with_photo_evidence(
+            q, matches, best, photos, facts.vectors_of_images, options=options, mean=mean
+        )
     if options.negative_penalty > 0:
         negatives = facts.negatives()
         for pid in [p for p in best if p in negatives]:

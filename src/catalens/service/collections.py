@@ -15,13 +15,20 @@ from catalens.collection.config import CollectionConfig, SourceConfig, check_nam
 from catalens.errors import AlreadyExistsError, CatalensError, CollectionNotFoundError
 from catalens.search.query_crops import SearchOptions
 from catalens.service.collection_places import CollectionPlace, Database, Folders
+from catalens.service.stores import is_postgres
 from catalens.settings import Settings
 from catalens.types import ModelIdentity
 
 if TYPE_CHECKING:
     from catalens.ledger.pg_registry import PgDatabase
 
-__all__ = ["CollectionRegistry", "CollectionSummary", "new_config"]
+__all__ = ["POSTGRES_RERANK_DEPTH", "CollectionRegistry", "CollectionSummary", "new_config"]
+
+POSTGRES_RERANK_DEPTH = 64
+"""``rerank_depth`` of a new collection on PostgreSQL. pgvector's HNSW scan returns at most
+``hnsw.ef_search`` rows, so 512 candidates widen every centred search's scan to 512 (10x the
+time of 10 at 100k images); 64 re-ranks what the scan returns anyway, at the same retrieval
+quality on grocery-dev (docs/benchmarks.md, issue 11). FAISS re-ranks from memory: 512."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class CollectionSummary:
     images: int
     failed_images: int
     last_sync: Mapping[str, Any] | None = None
+    calibration: Mapping[str, Any] | None = None
+    """What the calibration was fitted from (``Calibration.summary``); ``None``: none."""
 
 
 def new_config(
@@ -49,11 +58,12 @@ def new_config(
     source: SourceConfig | None = None,
 ) -> CollectionConfig:
     """A new collection's config: what is not given, and the search options, from settings."""
+    store = store or settings.store
     return CollectionConfig(
         name=name,
         model_spec=model_spec,
         model=model,
-        store=store or settings.store,
+        store=store,
         index=index or settings.index,
         metric=metric or settings.metric,
         source=source,
@@ -63,6 +73,10 @@ def new_config(
             query_flip=settings.query_flip,
             aggregation=settings.aggregation,
             blend_weight=settings.blend_weight,
+            photo_scoring=settings.photo_scoring,
+            rerank_depth=(
+                POSTGRES_RERANK_DEPTH if is_postgres(store) else SearchOptions.rerank_depth
+            ),
         ),
     )
 
@@ -183,6 +197,7 @@ class CollectionRegistry:
                     images=info["images"],
                     failed_images=info["failed_images"],
                     last_sync=info["last_sync"],
+                    calibration=info.get("calibration"),
                 )
             )
         return result

@@ -16,13 +16,14 @@ from typing import Protocol
 from catalens.catalog.base import CatalogSource
 from catalens.collection.collection import Collection
 from catalens.collection.config import SourceConfig
-from catalens.collection.refit import recalibrate
 from catalens.embedders.base import Embedder
+from catalens.embedders.int8_guard import start_trial
 from catalens.errors import ConfigError, NoSourceError
 from catalens.ingest.decode import ImageLimits
 from catalens.ingest.fetch import ImageFetcher
 from catalens.ingest.pipeline import Ingestor, IngestReport, LoadEngine, Progress
 from catalens.service import sources
+from catalens.service.cold_start import calibrate_cold_start
 from catalens.service.sources import is_rest, open_source, sync_summary
 from catalens.service.trusted import TRUSTED_REFS, TrustedRefs
 from catalens.service.untrusted import UntrustedReads
@@ -211,7 +212,9 @@ class IngestWiring:
         the run: the source (kept once it was read, and allowed), the last-sync summary, and
         a refitted calibration when the catalog changed."""
         fetcher = self.untrusted.fetcher() if source.untrusted else self.fetcher
-        ingestor = self.ingestor(collection, embedder, fetcher, progress)
+        # A new collection's first local run lets the int8 guard choose its CLIP runtime.
+        trial = start_trial(embedder, collection.config.model) if engine == "local" else None
+        ingestor = self.ingestor(collection, trial or embedder, fetcher, progress)
         # A sync or a REST source revalidates cached image URLs: an image changed behind
         # the same URL is seen.
         ingestor.revalidate_urls = syncing or is_rest(source)
@@ -219,12 +222,24 @@ class IngestWiring:
         if engine == "ray":
             ingestor.engine = self.ray_engine(collection, source.untrusted, ray_address)
         report = ingestor.run(catalog)
+        agreement = trial.finish() if trial is not None else None
+        if trial is not None and agreement is not None:
+            collection.update_model(trial.decided_identity())
+            report.model_runtime = agreement.line()
         if source != collection.config.source:
             collection.update_source(source)
         collection.ledger.set_last_sync(sync_summary(report))
         collection.ledger.prune_vectors()
         if report.products_added or report.products_removed or report.images_embedded:
-            recalibrate(collection)
+            # On the runtime the int8 guard chose, which the collection's queries will use.
+            calibrate_cold_start(
+                collection,
+                trial or embedder,
+                fetcher,
+                self.limits,
+                progress,
+                views=self.settings.calibration_views,
+            )
         return report
 
     def ray_engine(

@@ -12,6 +12,15 @@ __all__ = ["export_model", "load_model"]
 
 def load_model(settings: Settings, spec: str) -> Embedder:
     """The embedder for ``spec`` with the settings' device, batch size and CLIP runtime."""
+    guard = None
+    if settings.clip_int8_guard:
+        from catalens.embedders.int8_guard import GuardThresholds
+
+        guard = GuardThresholds(
+            min_mean_cosine=settings.clip_int8_min_cosine,
+            min_top1=settings.clip_int8_min_top1,
+            sample=settings.clip_int8_sample,
+        )
     return load_embedder(
         spec,
         device=settings.device,
@@ -21,6 +30,7 @@ def load_model(settings: Settings, spec: str) -> Embedder:
             runtime=settings.clip_runtime,
             auto_export=settings.onnx_auto_export,
             models_dir=settings.models_dir,
+            guard=guard,
         ),
     )
 

@@ -8,9 +8,10 @@ methods to it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,12 +20,14 @@ from PIL import Image
 
 from catalens.collection.collection import Collection
 from catalens.embedders.base import Embedder, embed_images
+from catalens.embedders.batching import BatchingEmbedder, batching
 from catalens.errors import ConfigError
 from catalens.ingest.decode import ImageLimits, PixelBudget
 from catalens.ledger.query_log import QueryLog
 from catalens.service import query_image
 from catalens.service.query_image import QueryFetcher, QueryImage, check_query_image, draft_size
 from catalens.service.search import search_collections
+from catalens.service.search_threads import single_threaded_search
 from catalens.settings import Settings
 from catalens.types import SearchResult
 
@@ -39,6 +42,25 @@ class Collections(Protocol):
     def collection(self, name: str) -> Collection: ...
     def embedder(self, spec: str | None = None) -> Embedder: ...
     def embedder_for(self, collection: Collection) -> Embedder: ...
+
+
+class QueryBatchers:
+    """One micro-batcher per query embedder, so concurrent queries of one model share its
+    forwards (``embedders/batching.py``). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wrapped: dict[tuple[str, str], BatchingEmbedder] = {}
+
+    def __call__(self, embedder: Embedder) -> Embedder:
+        # By model identity (it names the runtime too): embedders of one identity make the
+        # same vectors, and a collection's view of a model may be a new object each query.
+        key = (embedder.identity.key(), embedder.device)
+        with self._lock:
+            wrapped = self._wrapped.get(key)
+            if wrapped is None:
+                wrapped = self._wrapped[key] = batching(embedder)
+            return wrapped
 
 
 @dataclass(frozen=True)
@@ -56,6 +78,8 @@ class QueryOps:
     """Fetches ``RemoteURL`` queries, behind the address guard."""
     queries: QueryLog
     collections: Collections
+    batchers: QueryBatchers = field(default_factory=QueryBatchers)
+    """Concurrent queries share model runs through these."""
 
     def photo_bytes(self, image: QueryImage) -> bytes:
         return query_image.query_bytes(image, fetcher=self.fetcher, max_bytes=self.limits.max_bytes)
@@ -110,22 +134,23 @@ class QueryOps:
             [c.config.model.preprocessing for c in opened],
             [c.config.search.query_zooms for c in opened],
         )
-        found = search_collections(
-            opened,
-            photo=self.decode(image, draft_size=draft) if image is not None else None,
-            text=text,
-            embedder_for=collections.embedder_for,
-            top_k=top_k or self.settings.top_k,
-            threshold=threshold if threshold is not None else self.settings.threshold,
-            filters=filters,
-            exclude=exclude,
-            observe=observe,
-            everywhere=name == ALL,
-        )
+        with single_threaded_search(opened):
+            found = search_collections(
+                opened,
+                photo=self.decode(image, draft_size=draft) if image is not None else None,
+                text=text,
+                embedder_for=lambda c: self.batchers(collections.embedder_for(c)),
+                top_k=top_k or self.settings.top_k,
+                threshold=threshold if threshold is not None else self.settings.threshold,
+                filters=filters,
+                exclude=exclude,
+                observe=observe,
+                everywhere=name == ALL,
+            )
         query_id = None
         if keep and isinstance(image, bytes) and found.vectors:
             query_id = self.queries.keep(image, found.vectors)
         return SearchResult(query_id=query_id, hits=found.hits)
 
 
-__all__ = ["ALL", "Collections", "QueryOps"]
+__all__ = ["ALL", "Collections", "QueryBatchers", "QueryOps"]

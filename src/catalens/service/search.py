@@ -17,7 +17,7 @@ from catalens.collection.refit import observe_query
 from catalens.embedders.base import Embedder, TextEmbedder, has_text_tower
 from catalens.errors import NoTextTowerError
 from catalens.ledger.query_log import QueryVectors, model_key
-from catalens.search.query_crops import query_views
+from catalens.search.query_crops import confident_answer, query_views
 from catalens.types import Hit
 
 __all__ = ["Found", "embed_text", "search_collections"]
@@ -56,16 +56,18 @@ def search_collections(
     """Search each collection with the decoded ``photo`` (or the ``text``); collections that
     share a model and query crops share one embedding. ``everywhere`` (a search of every
     collection) skips image-only collections for a text query instead of failing."""
-    vectors: dict[tuple[str, tuple[float, ...], bool], NDArray[np.float32]] = {}
+    vectors: dict[tuple[str, str, tuple[float, ...], bool], NDArray[np.float32]] = {}
     found = Found()
     for collection in opened:
         zooms = collection.config.search.query_zooms
         flip = collection.config.search.query_flip
-        key = (collection.config.model_spec, zooms, flip)
+        # The runtime too: one model spec runs int8 or fp32 per collection (int8_guard).
+        key = (collection.config.model_spec, collection.config.model.runtime, zooms, flip)
         if key not in vectors:
             embedder = embedder_for(collection)
             if photo is not None:
-                vectors[key], plain = query_views(embedder, photo, zooms, flip=flip)
+                sure = _sure_of(collection, filters, exclude) if len(opened) == 1 else None
+                vectors[key], plain = query_views(embedder, photo, zooms, flip=flip, confident=sure)
                 found.vectors[model_key(collection.config.model)] = QueryVectors(
                     vectors[key], plain
                 )
@@ -93,6 +95,23 @@ def search_collections(
     if len(opened) > 1:
         found.hits = merge_ranked(found.hits, top_k)
     return found
+
+
+def _sure_of(
+    collection: Collection, filters: Mapping[str, Any] | None, exclude: AbstractSet[str]
+) -> Callable[[NDArray[np.float32]], bool] | None:
+    """With adaptive zoom views, whether the plain view's ranking is already sure."""
+    options = collection.config.search
+    if not options.adaptive_zoom:
+        return None
+
+    def sure(vector: NDArray[np.float32]) -> bool:
+        top = collection.search(
+            vector, top_k=2, threshold=None, filters=filters, center=True, exclude=exclude
+        )
+        return confident_answer(top, options)
+
+    return sure
 
 
 def merge_ranked(hits: list[Hit], top_k: int) -> list[Hit]:

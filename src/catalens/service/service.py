@@ -24,6 +24,7 @@ from catalens.collection.collection import Collection
 from catalens.collection.config import CollectionConfig, SourceConfig, check_name
 from catalens.collection.refit import recalibrate
 from catalens.embedders.base import Embedder
+from catalens.embedders.int8_guard import for_collection
 from catalens.embedders.onnx_export import ExportResult
 from catalens.errors import AlreadyExistsError
 from catalens.feedback.confirmed_photos import ConfirmedPhoto
@@ -141,9 +142,10 @@ class CatalensService:
             return self._embedders[key]
 
     def embedder_for(self, collection: Collection) -> Embedder:
+        """The collection's model, on the runtime it recorded (``int8_guard.for_collection``)."""
         embedder = self.embedder(collection.config.model_spec)
         collection.check_model(embedder.identity)
-        return embedder
+        return for_collection(embedder, collection.config.model)
 
     # -- collections (see collections.py) ------------------------------------------------
 

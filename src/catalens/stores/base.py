@@ -71,7 +71,8 @@ class VectorStore(Protocol):
 @runtime_checkable
 class Reloads(Protocol):
     """A store that keeps a copy in this process (FAISS) and must take up what another
-    process flushed; a store in a server (pgvector) is shared and has nothing to reload."""
+    process flushed; a store in a server (pgvector) is shared and only forgets the row
+    count it keeps between searches."""
 
     def reload(self) -> bool:
         """Load the newest flushed generation if another process wrote one; whether it did."""

@@ -67,8 +67,10 @@ class Searcher:
         """The ``k`` nearest rows of ``table``, exactly or through the HNSW index, and with
         ``vectors`` their embeddings ((n, d), in the same order), else None.
 
-        One round trip: the statements go out in one pipeline, in a transaction of their own
-        when ``conn`` is in autocommit (``hnsw.ef_search`` is set for it alone)."""
+        One round trip: on a pooled connection in autocommit, for at most ``ef_search``
+        rows, one statement (the store set the session's ``hnsw.ef_search`` on connect);
+        else the statements go out in one pipeline, in a transaction of their own when
+        ``conn`` is in autocommit (``hnsw.ef_search`` is set for it alone)."""
         if k > MAX_EF_SEARCH:
             exact = True
         column = sql.SQL(", embedding" if vectors else "")
@@ -93,13 +95,16 @@ class Searcher:
         if vectors:
             cursor.adapters.register_loader("vector", _RawVectorLoader)
         try:
-            with conn.pipeline():
-                if own:
-                    conn.execute("BEGIN")
-                set_ef_search(conn, max(self.ef_search, k))
+            if own and k <= self.ef_search:
                 cursor.execute(statement, (query,))
-                if own:
-                    conn.execute("COMMIT")
+            else:
+                with conn.pipeline():
+                    if own:
+                        conn.execute("BEGIN")
+                    set_ef_search(conn, max(self.ef_search, k))
+                    cursor.execute(statement, (query,))
+                    if own:
+                        conn.execute("COMMIT")
             rows = cursor.fetchall()
         except BaseException:
             if own:

@@ -50,7 +50,6 @@ from catalens.stores.pg_schema import (
     Names,
     begin_swap,
     finish_swap,
-    read_meta_value,
     safe_dsn,
     write_meta,
 )
@@ -69,8 +68,11 @@ class _Write:
     products_changed: bool = False
 
 
-def _configure(conn: Conn) -> None:
+def _configure(conn: Conn, ef_search: int) -> None:
     register_vector(conn)
+    # The session's own hnsw.ef_search is the store's: a search for at most that many
+    # neighbours is then one statement (``Searcher.nearest``), no transaction around it.
+    conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef_search),))
 
 
 class PgVectorStore:
@@ -119,6 +121,9 @@ class PgVectorStore:
         self._searcher = Searcher(self._names, metric, ef_search, m)
         self._lock = threading.RLock()
         self._write: _Write | None = None
+        self._count: int | None = None
+        """Rows at the last flush read or made here (``__len__``); None: read it again."""
+        self._flushes = 0  # a count read across a flush here is not kept
         open_schema(
             dsn,
             self._names,
@@ -132,7 +137,7 @@ class PgVectorStore:
             dsn,
             size=pool,
             name=f"catalens-{self._names.schema}",
-            configure=_configure,
+            configure=lambda conn: _configure(conn, ef_search),
             connect_timeout=connect_timeout,
         )
         try:
@@ -159,19 +164,49 @@ class PgVectorStore:
         return self._names
 
     def __len__(self) -> int:
+        """The rows flushed, as of this store's last ``generation``, ``reload`` or ``flush``
+        (a search asks once: no round trip for it); with unflushed writes, the rows now."""
+        with self._lock:
+            if self._write is None and self._count:  # 0 is asked again: a store filling up
+                return self._count
         with self._reading(transaction=False) as (conn, table):
             if self._write is not None and conn is self._write.conn:
                 row = conn.execute(
                     sql.SQL("SELECT count(*) FROM {}").format(self._names.table(table))
                 ).fetchone()
                 return int(row[0]) if row else 0
-            return int(read_meta_value(conn, self._names, "count") or 0)
+            return self._read_flushed(conn)[1]
 
     def generation(self) -> str | None:
-        """The tag given to the last ``flush`` (None if it had none)."""
+        """The tag given to the last ``flush`` (None if it had none); the row count of that
+        flush is read with it, by the same statement."""
         with self._reading(transaction=False) as (conn, _):
-            tag = read_meta_value(conn, self._names, "generation")
-            return None if tag is None else str(tag)
+            return self._read_flushed(conn)[0]
+
+    def reload(self) -> bool:
+        """Forget the row count kept since the last read (``stores.base.Reloads``): the
+        collection calls this when the state's generation moved, so a flush through another
+        process is counted by the next ``len`` (its searches always see it). No round trip;
+        False: there is no copy of the vectors here to load."""
+        with self._lock:
+            self._count = None
+        return False
+
+    def _read_flushed(self, conn: Conn) -> tuple[str | None, int]:
+        """The last flush's (tag, row count), kept as this store's count."""
+        flushes = self._flushes
+        meta = dict(
+            conn.execute(
+                sql.SQL("SELECT key, value FROM {} WHERE key IN ('generation', 'count')").format(
+                    self._names.table("meta")
+                )
+            ).fetchall()
+        )
+        tag, count = meta.get("generation"), int(meta.get("count") or 0)
+        with self._lock:
+            if flushes == self._flushes and (self._write is None or conn is not self._write.conn):
+                self._count = count
+        return (None if tag is None else str(tag)), count
 
     def upsert(
         self,
@@ -262,9 +297,8 @@ class PgVectorStore:
                 count = conn.execute(
                     sql.SQL("SELECT count(*) FROM {}").format(self._names.table(IMAGES))
                 ).fetchone()
-                write_meta(
-                    conn, self._names, {"generation": tag, "count": int(count[0]) if count else 0}
-                )
+                rows = int(count[0]) if count else 0
+                write_meta(conn, self._names, {"generation": tag, "count": rows})
                 if write.products_changed:
                     conn.execute(sql.SQL("ANALYZE {}").format(self._names.table("products")))
                 conn.commit()
@@ -274,6 +308,7 @@ class PgVectorStore:
                     f"{self._where}: flush failed, nothing was written: {exc}"
                 ) from exc
             self._release()
+            self._count, self._flushes = rows, self._flushes + 1
 
     def search(
         self,

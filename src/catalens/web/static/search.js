@@ -25,6 +25,8 @@ const statusLine = $("status");
 const resultsSection = $("results-section");
 const resultsList = $("results");
 const template = $("result-template");
+const notice = $("calibration-notice");
+const noticeDetail = notice.querySelector("[data-testid=calibration-notice-detail]");
 
 const infoCache = new Map();
 let collections = [];
@@ -152,14 +154,18 @@ async function search({ file, text }) {
     const data = await api(searchPath(), { ...options, signal: controller.signal });
     if (inFlight !== controller) return;
     const results = Array.isArray(data) ? data : (data && data.results) || [];
-    renderResults(results, (data && data.query_id) || null);
+    const own = await displayImages(results);
+    if (inFlight !== controller) return;
+    renderResults(results, (data && data.query_id) || null, own);
+    showCalibrationNotice(results);
+    if (results.length) scrollToResults();
     const took = data && typeof data.took_ms === "number" ? data.took_ms : performance.now() - started;
     statusLine.textContent = results.length
       ? `${results.length} ${results.length === 1 ? "match" : "matches"} in ${Math.round(took)} ms`
       : "No products matched.";
   } catch (err) {
     if (controller.signal.aborted) return;
-    renderResults([], null);
+    renderResults([], null, new Map());
     resultsSection.hidden = true;
     statusLine.textContent = "";
     const prefix = err instanceof ApiError && err.status ? "Search failed:" : "Error:";
@@ -201,20 +207,87 @@ function placeholder(media, title) {
   media.dataset.initial = (title || "?").trim().charAt(0).toUpperCase();
 }
 
+const percent = (p) => `${Math.round(Math.max(0, Math.min(1, p)) * 100)}%`;
+
+/** The headline of a calibrated hit: its verdict and the probability that it is the product. */
 const VERDICTS = {
-  match: (p) => `Match · ${Math.round(p * 100)}%`,
-  ambiguous: (p) => `Close call · ${Math.round(p * 100)}%`,
-  no_match: (p, rank) => (rank === 1 ? "Probably not in the catalog" : "Unlikely"),
+  match: () => "Match",
+  ambiguous: () => "Close call",
+  no_match: (rank) => (rank === 1 ? "Probably not in the catalog" : "Unlikely"),
 };
 
-function showVerdict(card, hit) {
-  const badge = card.querySelector(".verdict");
-  const text = VERDICTS[hit.verdict];
-  if (!text) return;
-  badge.textContent = text(Number(hit.probability) || 0, hit.rank);
-  badge.classList.add(hit.verdict);
-  badge.title = `Calibrated probability that this is the product: ${Number(hit.probability).toFixed(3)}`;
-  badge.hidden = false;
+function showScore(card, hit) {
+  const headline = card.querySelector(".headline");
+  const bar = card.querySelector(".score-bar span");
+  // The raw cosine of the photo and the matched image: what the score came from, not a chance.
+  const cosine = Number(hit.cosine ?? hit.score) || 0;
+  const cosineText = `cosine similarity ${cosine.toFixed(4)}`;
+  const verdict = VERDICTS[hit.verdict];
+  if (verdict && hit.probability != null) {
+    const p = Number(hit.probability) || 0;
+    headline.textContent = `${verdict(hit.rank)} · ${percent(p)}`;
+    headline.classList.add(hit.verdict);
+    headline.title = `Calibrated probability that this is the product: ${p.toFixed(3)} · ${cosineText}`;
+    bar.style.width = percent(p);
+    card.dataset.verdict = hit.verdict;
+    return hit.verdict === "match";
+  }
+  headline.textContent = `Similarity ${cosine.toFixed(2)}`;
+  headline.classList.add("similarity");
+  headline.title = `${cosineText} (not a probability: the collection is not calibrated)`;
+  bar.style.width = percent(cosine);
+  return false;
+}
+
+// -- calibration notice ------------------------------------------------------------------
+
+async function calibrationText(name) {
+  const base = `${name}: a sync fits a calibration from the catalog's own images (products with two or more images help), and confirmed shopper photos (“Is this it? Yes”) calibrate it too`;
+  try {
+    const c = await api(`/v1/collections/${encodeURIComponent(name)}/calibration`);
+    return `${base} (now ${c.products_with_several_images} ${c.products_with_several_images === 1 ? "product has" : "products have"} 2+ images, ${c.confirmed_photos} of ${c.confirmed_needed} photos confirmed).`;
+  } catch {
+    return `${base}.`;
+  }
+}
+
+/** Say once, above the results, when scores are not probabilities and what would fix it. */
+async function showCalibrationNotice(results) {
+  const names = [...new Set(results.filter((h) => h.verdict == null).map((h) => h.collection || select.value))];
+  notice.hidden = names.length === 0;
+  if (!names.length) return;
+  noticeDetail.textContent = "";
+  const texts = await Promise.all(names.map(calibrationText));
+  noticeDetail.textContent = `${texts.join(" ")} Until then the scores compare the photo with each product’s images and are not the chance of a match.`;
+}
+
+function scrollToResults() {
+  const reduced = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  // From the query (its photo and "N matches") down: on a phone the results start below the screen.
+  querySection.scrollIntoView({ block: "start", behavior: reduced ? "auto" : "smooth" });
+}
+
+/** Each hit's product's own catalog image (collection -> product id -> URL). */
+async function displayImages(results) {
+  const wanted = new Map();
+  for (const hit of results) {
+    const name = hit.collection || select.value;
+    if (!wanted.has(name)) wanted.set(name, new Set());
+    wanted.get(name).add(hit.product_id);
+  }
+  const found = new Map();
+  await Promise.all(
+    [...wanted].map(async ([name, ids]) => {
+      const query = [...ids].map((id) => `product_id=${encodeURIComponent(id)}`).join("&");
+      try {
+        const data = await api(`/v1/collections/${encodeURIComponent(name)}/display-images?${query}`);
+        found.set(name, new Map(Object.entries((data && data.images) || {})));
+      } catch {
+        found.set(name, new Map()); // the matched image stands in
+      }
+    }),
+  );
+  return found;
 }
 
 // -- feedback ----------------------------------------------------------------------------
@@ -285,14 +358,24 @@ function wireFeedback(card, hit, results, queryId) {
   wrong.addEventListener("click", () => send("wrong", hit.product_id, `Thanks! Noted that it is not ${title}.`));
 }
 
-function renderCard(hit, results, queryId) {
+function renderCard(hit, results, queryId, own) {
   const card = template.content.firstElementChild.cloneNode(true);
   const title = hit.title || hit.product_id || "Untitled";
   card.dataset.productId = hit.product_id ?? "";
   card.querySelector(".rank").textContent = `#${hit.rank ?? ""}`;
   const media = card.querySelector(".card-media");
-  const img = card.querySelector("img");
-  const src = hit.image_url || (/^https?:/.test(hit.image || "") ? hit.image : null);
+  const img = card.querySelector("[data-testid=result-image]");
+  const matched = hit.image_url || (/^https?:/.test(hit.image || "") ? hit.image : null);
+  const ownUrl = (own.get(hit.collection || select.value) || new Map()).get(hit.product_id) || null;
+  const src = ownUrl || matched;
+  if (ownUrl && matched && ownUrl !== matched) {
+    const figure = card.querySelector(".matched");
+    const small = figure.querySelector("img");
+    small.src = matched;
+    small.alt = `The image of ${title} that matched your photo`;
+    small.addEventListener("error", () => figure.remove());
+    figure.hidden = false;
+  }
   if (src) {
     img.src = src;
     img.alt = title;
@@ -314,21 +397,13 @@ function renderCard(hit, results, queryId) {
   if (select.value === ALL && hit.collection) {
     meta.append(el("div", { class: "meta-item meta-collection" }, el("dt", { text: "Collection" }), el("dd", { text: hit.collection })));
   }
-  const score = Number(hit.score) || 0;
-  const pct = Math.max(0, Math.min(1, score)) * 100;
-  card.querySelector(".score-bar span").style.width = `${pct.toFixed(1)}%`;
-  const value = card.querySelector(".score-value");
-  value.textContent = `${pct.toFixed(1)}%`;
-  value.title = `cosine similarity ${score.toFixed(4)}`;
-  card.querySelector(".score").setAttribute("aria-label", `Similarity ${pct.toFixed(1)} percent`);
-  card.classList.toggle("strong", hit.verdict ? hit.verdict === "match" : pct >= 80);
-  showVerdict(card, hit);
+  card.classList.toggle("strong", showScore(card, hit));
   wireFeedback(card, hit, results, queryId);
   return card;
 }
 
-function renderResults(results, queryId) {
-  resultsList.replaceChildren(...results.map((hit) => renderCard(hit, results, queryId)));
+function renderResults(results, queryId, own) {
+  resultsList.replaceChildren(...results.map((hit) => renderCard(hit, results, queryId, own)));
   resultsSection.hidden = results.length === 0;
 }
 
