@@ -39,8 +39,8 @@ __all__ = [
 
 MAX_PRODUCTS = 100
 """Products whose catalog image is photographed for the fit, at most (a seeded sample).
-Each costs ``VIEWS`` x the zoom views in forwards (9 with the defaults): 900 at most, about
-30 s with int8 CLIP on 2 cores. 100 x 3 views give more samples than the 81 x 3 the
+Each costs ``VIEWS`` x the zoom views in forwards (9 with the defaults): 900 at most.
+100 x 3 views give more samples than the 81 x 3 the
 grocery-dev figures were fitted on (docs/quality.md, "Cold-start verdicts")."""
 VIEWS = 3
 """Synthetic photos per sampled product."""
