@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from tests.fakes import PREPROCESSING, FakeEmbedder
 
 from catalens.embedders.base import TextEmbedder
 from catalens.embedders.batching import BatchingEmbedder, MicroBatcher, batching
+from catalens.service.querying import QueryBatchers
+from catalens.types import ModelIdentity
 
 THREADS = 12
 
@@ -151,3 +154,26 @@ def test_batching_keeps_the_embedder_seam() -> None:
     assert not isinstance(batched, TextEmbedder)  # FakeEmbedder has no text tower
     with pytest.raises(ValueError):
         MicroBatcher(lambda b: b, max_batch=0)
+
+
+class _OnRuntime(FakeEmbedder):
+    """The fake model as a collection whose int8 guard recorded ``runtime`` sees it."""
+
+    def __init__(self, runtime: str) -> None:
+        super().__init__()
+        self._runtime = runtime
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return replace(super().identity, runtime=self._runtime)
+
+
+def test_query_batchers_share_a_model_but_not_across_runtimes() -> None:
+    batchers = QueryBatchers()
+    fp32, int8 = _OnRuntime("fp32"), _OnRuntime("int8")
+    assert fp32.identity.key() == int8.identity.key()  # one model to the ledger
+    shared = batchers(fp32)
+    assert batchers(_OnRuntime("fp32")) is shared  # a new view of the same runtime shares
+    other = batchers(int8)
+    assert other is not shared
+    assert isinstance(other, BatchingEmbedder) and other.inner is int8

@@ -50,12 +50,15 @@ class QueryBatchers:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._wrapped: dict[tuple[str, str], BatchingEmbedder] = {}
+        self._wrapped: dict[tuple[str, str, str], BatchingEmbedder] = {}
 
     def __call__(self, embedder: Embedder) -> Embedder:
-        # By model identity (it names the runtime too): embedders of one identity make the
-        # same vectors, and a collection's view of a model may be a new object each query.
-        key = (embedder.identity.key(), embedder.device)
+        # By model identity and runtime: embedders of both make the same vectors, and a
+        # collection's view of a model may be a new object each query. ``key()`` leaves the
+        # runtime out (guarded int8 and fp32 vectors are one model), but a forward runs on
+        # one runtime: an fp32 collection must not get an int8 collection's batcher.
+        identity = embedder.identity
+        key = (identity.key(), identity.runtime, embedder.device)
         with self._lock:
             wrapped = self._wrapped.get(key)
             if wrapped is None:
