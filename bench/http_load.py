@@ -4,18 +4,21 @@ Builds a small collection in a temporary CATALENS_HOME, starts ``catalens serve`
 subprocess on 127.0.0.1 (a free port), waits for ``/ready``, then for each concurrency level
 runs that many client threads (one ``httpx.Client`` each) posting query photos to
 ``POST /v1/collections/bench/search`` (multipart upload, top_k 10) until the level's request
-budget or time limit is spent. Reports p50/p99 latency, requests/s and errors, then stops
-the server. Nothing leaves the loopback interface.
+budget or time limit is spent; with ``--rounds N`` the levels run N times, their order
+rotating. Reports p50/p99 latency (over every round), requests/s (the median round) and
+errors, then stops the server. Nothing leaves the loopback interface.
 
 The model is mobilenetv2-int8 from ../shared/models by default (the HTTP stack, decode and
-search dominate), or the random ViT-B/32 on ONNX Runtime fp32 with ``--model clip`` (the
-model dominates: each query embeds 3 zoom views). Concurrent requests share model runs
+search dominate), or the random ViT-B/32 with ``--model clip`` on the default runtime (on a
+CPU, ONNX Runtime int8 where the int8 guard passes, else fp32; the model dominates: each
+query embeds 3 zoom views). Concurrent requests share model runs
 through the service's micro-batcher (``embedders/batching.py``); the table gives each
 level's throughput against one client's, measured in the same run.
 
     python bench/http_load.py                   # mobilenet, 200 requests per level
-    python bench/http_load.py --model clip      # ViT-B/32 fp32 ONNX, 48 requests per level
+    python bench/http_load.py --model clip      # ViT-B/32, default runtime, 48 requests per level
     python bench/http_load.py --quick           # 40 requests per level
+    python bench/http_load.py --model clip --variant fp32 --rounds 3   # forced fp32
 
 Prints a table and writes bench/results/http_load[_clip].json.
 """
@@ -29,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,6 +177,22 @@ def load_level(
         "requests_per_s": round(len(latencies) / wall, 2),
         "p50_ms": percentile_ms(latencies, 50) if latencies else None,
         "p99_ms": percentile_ms(latencies, 99) if latencies else None,
+        "latencies": latencies,
+    }
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level over its rounds: latencies pooled, requests/s the median round's."""
+    latencies = [t for run in runs for t in run.pop("latencies")]
+    return {
+        "clients": runs[0]["clients"],
+        "requests": len(latencies),
+        "errors": sum(run["errors"] for run in runs),
+        "first_error": next((run["first_error"] for run in runs if run["first_error"]), None),
+        "requests_per_s": round(statistics.median(run["requests_per_s"] for run in runs), 2),
+        "p50_ms": percentile_ms(latencies, 50) if latencies else None,
+        "p99_ms": percentile_ms(latencies, 99) if latencies else None,
+        "rounds": runs,
     }
 
 
@@ -183,6 +203,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120, help="time limit per level")
     parser.add_argument("--catalog", type=int, default=200, help="images in the collection")
     parser.add_argument("--quick", action="store_true", help="40 requests per level")
+    parser.add_argument(
+        "--variant",
+        choices=["default", "fp32", "int8"],
+        default="default",
+        help="CLIP's runtime: the default (the int8 guard decides on a CPU) or a forced one",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the levels this many times, order rotating"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     requests = args.requests or (40 if args.quick else 200 if args.model == "mobilenet" else 48)
@@ -196,23 +225,22 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="catalens-http-bench-"))
     home = root / "home"
     spec = str(MOBILENET) if args.model == "mobilenet" else str(vit_b32())
+    if args.model == "clip" and args.variant != "default":
+        spec += f":{args.variant}"  # a forced runtime: no guard
     link_models(home)
     catalog, photos = catalog_and_queries(root, args.catalog, 24)
-    settings = {
-        "CATALENS_HOME": str(home),
-        "CATALENS_MODEL": spec,
-        "CATALENS_CLIP_RUNTIME": "onnx",
-        "CATALENS_ONNX_AUTO_EXPORT": "false",
-        "CATALENS_DEVICE": "cpu",
-    }
+    # The default runtime, as a user gets it: on a CPU, CLIP's guarded int8 where the
+    # guard passes on the collection's images (``embedders/int8_guard.py``).
+    settings = {"CATALENS_HOME": str(home), "CATALENS_MODEL": spec, "CATALENS_DEVICE": "cpu"}
     # No synthetic cold-start calibration views: they cost the ingest minutes and the
     # benchmark measures searches, not probabilities.
-    service = build_service(
-        Settings(home=home, model=spec, clip_runtime="onnx", device="cpu", calibration_views=0)
-    )
+    service = build_service(Settings(home=home, model=spec, device="cpu", calibration_views=0))
     report = service.ingest("bench", SourceConfig(location=str(catalog)))
+    runtime = service.collection("bench").config.model.runtime or "fp32"
     service.close()
-    print(f"collection: {report.images_embedded} images embedded", flush=True)
+    print(f"collection: {report.images_embedded} images embedded, runtime {runtime}", flush=True)
+    if report.model_runtime:
+        print(f"int8 guard: {report.model_runtime}", flush=True)
 
     port = free_port()
     env = {**os.environ, **settings}
@@ -221,20 +249,31 @@ def main() -> None:
     server = start_server(env, port, root / "server.log")
     url = f"http://127.0.0.1:{port}/v1/collections/bench/search"
     try:
-        load_level(url, photos, 1, 3, args.seconds)  # warm up
-        levels = []
-        for clients in LEVELS:
-            level = load_level(url, photos, clients, requests, args.seconds)
-            levels.append(level)
-            print(f"{clients} clients: {level}", flush=True)
+        # Warm up, concurrent requests too: the service opens what it needs for them (the
+        # micro-batcher's extra model sessions) on first use.
+        load_level(url, photos, 1, 3, args.seconds)
+        load_level(url, photos, 4, 8, args.seconds)
+        runs: dict[int, list[dict[str, Any]]] = {clients: [] for clients in LEVELS}
+        for round_ in range(args.rounds):
+            # Rotate the order, so no level always runs first (or last) in a round.
+            for clients in LEVELS[round_ % len(LEVELS) :] + LEVELS[: round_ % len(LEVELS)]:
+                run = load_level(url, photos, clients, requests, args.seconds)
+                runs[clients].append(run)
+                shown = {k: v for k, v in run.items() if k != "latencies"}
+                print(f"round {round_ + 1}, {clients} clients: {shown}", flush=True)
+        levels = [summary(runs[clients]) for clients in LEVELS]
     finally:
         stop_server(server)
     shutil.rmtree(root, ignore_errors=True)  # kept when something failed: it holds the log
 
-    # Throughput against one client, in this run (issue 14: >= 1.8x at 8 clients with CLIP).
-    single = levels[0]["requests_per_s"] or 1.0
+    # Throughput against one client's in the same round, the median over rounds (issue 14:
+    # >= 1.8x at 8 clients with CLIP).
     for level in levels:
-        level["vs_1_client"] = round(level["requests_per_s"] / single, 2)
+        ratios = [
+            run["requests_per_s"] / max(single["requests_per_s"], 1e-9)
+            for run, single in zip(level["rounds"], levels[0]["rounds"], strict=True)
+        ]
+        level["vs_1_client"] = round(statistics.median(ratios), 2)
     print()
     print_table(
         ["clients", "requests", "errors", "p50 (ms)", "p99 (ms)", "requests/s", "vs 1 client"],
@@ -254,13 +293,18 @@ def main() -> None:
     command = "python bench/http_load.py" + (" --model clip" if args.model == "clip" else "")
     command += f" --catalog {args.catalog}" if args.catalog != 200 else ""
     command += f" --requests {args.requests}" if args.requests else ""
+    command += f" --rounds {args.rounds}" if args.rounds != 1 else ""
+    command += f" --variant {args.variant}" if args.variant != "default" else ""
     write_results(
         out.stem,
         {
             "command": command + (" --quick" if args.quick else ""),
             "model": args.model,
+            "runtime": runtime if args.model == "clip" else "int8 (mobilenetv2-int8)",
             "catalog_images": report.images_embedded,
             "requests_per_level": requests,
+            "rounds": args.rounds,
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "levels": levels,
         },
         out,

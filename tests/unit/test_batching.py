@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,12 @@ from numpy.typing import NDArray
 from tests.fakes import PREPROCESSING, FakeEmbedder
 
 from catalens.embedders.base import TextEmbedder
-from catalens.embedders.batching import BatchingEmbedder, MicroBatcher, batching
+from catalens.embedders.batching import (
+    BatchingEmbedder,
+    MicroBatcher,
+    batching,
+    rows_independent,
+)
 from catalens.service.querying import QueryBatchers
 from catalens.types import ModelIdentity
 
@@ -177,3 +183,184 @@ def test_query_batchers_share_a_model_but_not_across_runtimes() -> None:
     other = batchers(int8)
     assert other is not shared
     assert isinstance(other, BatchingEmbedder) and other.inner is int8
+
+
+class Overlap:
+    """Forwards that, until two have run at the same time, wait (up to 30 s) for another to
+    start beside them, as the forwards of a slow model would overlap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self.both = threading.Event()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._running += 1
+            if self._running >= 2:
+                self.both.set()
+        self.both.wait(timeout=30)
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._running -= 1
+
+
+class LanedModel(FakeEmbedder):
+    """The fake model with ``with_threads``: each copy is a lane runner of its own, and
+    every forward goes through the shared ``Overlap``."""
+
+    def __init__(self, overlap: Overlap | None = None, opened: list[int] | None = None) -> None:
+        super().__init__()
+        self.overlap = overlap or Overlap()
+        self.opened = opened if opened is not None else []
+        """The thread counts the lanes were opened with (shared by the copies)."""
+        self.batches: list[int] = []
+
+    def with_threads(self, intra_op_threads: int) -> LanedModel:
+        self.opened.append(intra_op_threads)
+        return LanedModel(self.overlap, self.opened)
+
+    def embed_pixels(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        with self.overlap:
+            self.batches.append(len(batch))
+            return super().embed_pixels(batch)
+
+
+def test_queued_callers_run_side_by_side_on_lanes_and_get_their_own_vectors() -> None:
+    embedder = LanedModel()
+    batched = batching(embedder, lanes=2)
+    expected = [FakeEmbedder().embed_pixels(_pixels(i, 3)) for i in range(THREADS)]
+
+    got = _concurrently(lambda i: batched.embed_pixels(_pixels(i, 3)))
+
+    for i, vectors in enumerate(got):
+        assert isinstance(vectors, np.ndarray), vectors
+        np.testing.assert_allclose(vectors, expected[i], rtol=1e-5, atol=1e-6)
+    assert embedder.overlap.both.is_set()
+    assert batched.batcher.most_at_once == 2
+    assert 1 <= len(embedder.opened) <= 2  # lanes open on demand, never more than asked
+    assert all(threads >= 1 for threads in embedder.opened)
+
+
+def test_a_lone_caller_runs_on_the_models_own_session() -> None:
+    embedder = LanedModel()
+    embedder.overlap.both.set()  # nothing to overlap with
+    batched = batching(embedder, lanes=2)
+    for i in range(3):
+        pixels = _pixels(i, 3)
+        np.testing.assert_allclose(
+            batched.embed_pixels(pixels), FakeEmbedder().embed_pixels(pixels)
+        )
+    assert embedder.opened == []  # no lane was needed
+    assert embedder.batches == [3, 3, 3]
+
+
+def test_unstackable_rows_run_one_caller_a_forward() -> None:
+    seen: list[int] = []
+    queued: list[Callable[[], int]] = []
+
+    def model(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        if not seen:  # the first forward waits for the others to queue behind it
+            for _ in range(6000):
+                if queued[0]() >= THREADS - 1:
+                    break
+                threading.Event().wait(0.005)
+        seen.append(len(batch))
+        return batch.reshape(len(batch), -1)[:, :4] * 3.0
+
+    batcher = MicroBatcher(model, max_batch=64, stack=False)
+    queued.append(lambda: batcher.waiting)
+    got = _concurrently(lambda i: batcher(_pixels(i, 1 + i % 3)))
+
+    for i, result in enumerate(got):
+        assert isinstance(result, np.ndarray), result
+        np.testing.assert_allclose(result, _pixels(i, 1 + i % 3).reshape(1 + i % 3, -1)[:, :4] * 3)
+    assert sorted(seen) == sorted(1 + i % 3 for i in range(THREADS))  # never two callers in one
+    assert batcher.forwards == THREADS
+
+
+def test_int8_rows_are_not_stacked_and_fp32_rows_are() -> None:
+    assert not rows_independent(_OnRuntime("int8"))
+    assert rows_independent(_OnRuntime("fp32"))
+    assert rows_independent(_OnRuntime(""))
+    plain_int8 = FakeEmbedder()
+    plain_int8._identity = replace(plain_int8.identity, revision="abc+int8")
+    assert not rows_independent(plain_int8)
+    assert not batching(_OnRuntime("int8")).batcher.stack
+    assert batching(_OnRuntime("fp32")).batcher.stack
+
+
+def test_a_lane_that_cannot_open_falls_back_to_one_forward_at_a_time() -> None:
+    tried = threading.Event()
+
+    def refuse() -> Callable[[NDArray[np.float32]], NDArray[np.float32]]:
+        tried.set()
+        raise MemoryError("no room for another session")
+
+    def model(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        tried.wait(timeout=30)  # the first forward runs until a second one wanted a lane
+        return FakeEmbedder().embed_pixels(batch)
+
+    batcher = MicroBatcher(model, lanes=2, open_lane=refuse, max_wait=0.002)
+    got = _concurrently(lambda i: batcher(_pixels(i, 2)))
+
+    for i, vectors in enumerate(got):
+        assert isinstance(vectors, np.ndarray), vectors
+        np.testing.assert_allclose(
+            vectors, FakeEmbedder().embed_pixels(_pixels(i, 2)), rtol=1e-5, atol=1e-6
+        )
+    assert tried.is_set()
+    assert batcher.lanes == 1
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda b: b, lanes=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP's fp32 + int8 export directory (real ONNX Runtime, ~20 s)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxscript")
+    from tiny_clip import make_tiny_clip
+
+    from catalens.embedders.onnx_export import export_clip
+
+    root = tmp_path_factory.mktemp("lanes")
+    clip_dir = make_tiny_clip(root / "tiny-clip")
+    return export_clip(str(clip_dir), models_dir=root / "models", quantize="int8").directory
+
+
+def test_int8_clip_on_lanes_gives_each_query_its_vectors_alone(tiny_export: Path) -> None:
+    """int8's rows depend on their batch (dynamic quantization): the batcher must not stack
+    them, and a lane (another session, one thread) must give the very same vectors."""
+    from catalens.embedders.clip_onnx import ClipOnnxEmbedder
+    from catalens.embedders.int8_guard import GuardedClip, GuardedView, GuardThresholds
+
+    guarded = GuardedClip(tiny_export, thresholds=GuardThresholds(), device="cpu")
+    view = guarded.for_collection(replace(guarded.identity, runtime="int8"))
+    assert isinstance(view, GuardedView)
+    lane = view.with_threads(1)
+    assert lane.identity == view.identity
+    shape = view.preprocessing.input_shape
+    rows = [
+        np.random.default_rng(i).uniform(-2, 2 + i, (3, *shape)).astype(np.float32)
+        for i in range(THREADS)
+    ]
+    alone = [view.embed_pixels(pixels) for pixels in rows]
+    stacked = view.embed_pixels(np.concatenate(rows[:2]))
+    assert not np.array_equal(stacked[:3], alone[0])  # why int8 rows are not stacked
+    np.testing.assert_array_equal(lane.embed_pixels(rows[0]), alone[0])
+
+    batched = batching(view, lanes=2)
+    assert not batched.batcher.stack
+    got = _concurrently(lambda i: batched.embed_pixels(rows[i]))
+
+    for i, vectors in enumerate(got):
+        assert isinstance(vectors, np.ndarray), vectors
+        np.testing.assert_array_equal(vectors, alone[i])
+    fp32 = ClipOnnxEmbedder(tiny_export, variant="fp32", device="cpu")
+    assert batching(fp32).batcher.stack  # fp32 rows are the same in any batch
+    np.testing.assert_array_equal(
+        fp32.with_threads(1).embed_pixels(rows[0]), fp32.embed_pixels(rows[0])
+    )

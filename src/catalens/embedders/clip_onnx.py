@@ -74,6 +74,7 @@ class ClipOnnxEmbedder(BatchedImageEmbedder):
         self._max_tokens = int(manifest["max_tokens"])
         self._preprocessing = Preprocessing.from_card(identity.preprocessing)
         self._device_arg = device
+        self._variant = variant
         self._threads = intra_op_threads
         self._image = open_session(
             directory / files["image"], device=device, intra_op_threads=intra_op_threads
@@ -89,6 +90,18 @@ class ClipOnnxEmbedder(BatchedImageEmbedder):
     @property
     def directory(self) -> Path:
         return self._directory
+
+    def with_threads(self, intra_op_threads: int) -> ClipOnnxEmbedder:
+        """The same export and variant on an image session of its own with
+        ``intra_op_threads`` threads (the query micro-batcher runs several side by side)."""
+        return ClipOnnxEmbedder(
+            self._directory,
+            variant=self._variant,
+            device=self._device_arg,
+            batch_size=self._batch_size,
+            intra_op_threads=intra_op_threads,
+            tokenizer_dir=self._tokenizer_dir,
+        )
 
     def _embed_chunk(self, chunk: NDArray[np.float32]) -> NDArray[np.float32]:
         try:

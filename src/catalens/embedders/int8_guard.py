@@ -191,6 +191,11 @@ class GuardedView:
     def embed_pixels(self, batch: NDArray[np.float32]) -> Vectors:
         return self._images.embed_pixels(batch)
 
+    def with_threads(self, intra_op_threads: int) -> GuardedView:
+        """This view on an image session of its own (``ClipOnnxEmbedder.with_threads``)."""
+        images = self._images.with_threads(intra_op_threads)
+        return GuardedView(self.guarded, images, self._identity)
+
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
         return self.guarded.embed_texts(texts)
 
