@@ -168,3 +168,36 @@ def test_too_few_confirmed_queries_use_the_fallback_gap() -> None:
     photos, vectors = _photos(np.random.default_rng(1), products=2, shots=8)
     gap = impostor_gap(photos, lambda ids: np.vstack([vectors[i] for i in ids]), None)
     assert gap == photo_evidence.FALLBACK_GAP
+
+
+def test_with_every_candidate_fed_the_ranking_is_views(tmp_path: Path) -> None:
+    """When every candidate product has confirmed photos there is no product without them to
+    protect: the scores are the ``views`` scores, so feedback on the whole catalog keeps
+    its full gain (catalog + evidence alone cost 3.7 points there, docs/quality.md)."""
+    shots = {"a": [SHELF_A], "b": [[0.8, 0.0, 0.6, 0.0]], "c": [SHELF_C]}
+    state, owner = _state(tmp_path, shots)
+    for query in ([0.85, 0.3, 0.43, 0.0], [0.75, 0.45, 0.48, 0.0], [0.2, 0.1, 0.3, 0.9]):
+        unit = _unit(query)
+        evidence = _scores(state, owner, unit)
+        views = _scores(state, owner, unit, SearchOptions())
+        assert evidence.keys() == views.keys()
+        for pid, (score, image_id) in views.items():
+            assert evidence[pid][0] == pytest.approx(score, abs=1e-6)
+            assert evidence[pid][1] == image_id
+    state.close()
+
+
+def test_products_with_photos_keep_the_views_order_below_the_evidence(tmp_path: Path) -> None:
+    """Half fed: the evidence decides between the best fed product and the best product
+    without photos; among the fed products the order (and the gaps) are those of ``views``."""
+    state, owner = _state(tmp_path, {"a": [SHELF_A], "c": [SHELF_C]})
+    query = _unit([0.8, 0.45, 0.1, 0.4])
+    evidence = _scores(state, owner, query)
+    views = _scores(state, owner, query, SearchOptions())
+    assert (views["a"][0] > views["c"][0]) == (evidence["a"][0] > evidence["c"][0])
+    assert evidence["a"][0] - evidence["c"][0] == pytest.approx(
+        views["a"][0] - views["c"][0], abs=1e-6
+    )
+    # b has no photos: its score is its catalog score under both.
+    assert evidence["b"] == views["b"]
+    state.close()

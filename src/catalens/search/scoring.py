@@ -16,7 +16,9 @@ centering when it is on) and hands them here:
   scored on its catalog images as at cold start, plus how much its photos stand out from the
   other products' photos for this query, less the margin the photos of a wrong product
   typically get (learned from the confirmed queries). Photos never outrank catalog images
-  directly, so feedback on some products does not take first place from the others. Without
+  directly, so feedback on some products does not take first place from the others; among
+  the products with photos, the ``views`` order holds (with every candidate fed, the
+  ``views`` scores). Only with ``photo_scoring="evidence"``. Without
   confirmed photos this is skipped and the scores are those of the cold start, bit for bit.
 
 All need the vectors of a product's other images and its negatives; ``ProductVectors``
@@ -111,7 +113,17 @@ class ProductVectors:
 
     def current(self) -> ProductFacts:
         """The facts as of the state's change marker now (one read of it)."""
-        version = self._state.change_marker()
+        return self.at(self._state.change_marker())
+
+    @property
+    def known(self) -> ProductFacts | None:
+        """The facts as of the last change marker seen (None before the first), unread."""
+        with self._lock:
+            return self._facts if self._key is not None else None
+
+    def at(self, version: tuple[int, ...]) -> ProductFacts:
+        """The facts as of ``version``, the change marker read elsewhere (PostgreSQL: by a
+        search's candidate statement, ``collection/candidates.py``)."""
         with self._lock:
             if version != self._key:
                 self._facts = self._load()
@@ -161,10 +173,14 @@ class ProductVectors:
             for image_id, vector in self._state.confirmed_queries().items()
             if image_id in owner and vector.size == self._dim
         }
+        own: dict[str, list[int]] = {pid: [] for pid in fed}
+        for image_id, pid in owner.items():
+            own[pid].append(image_id)
         return ConfirmedPhotos(
             owner=owner,
             catalog_ids={pid: tuple(ids) for pid, ids in catalog.items()},
             queries=queries,
+            photo_ids={pid: tuple(ids) for pid, ids in own.items()},
         )
 
     def multi_image(self) -> frozenset[str]:
