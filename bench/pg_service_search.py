@@ -9,21 +9,24 @@ the store, the way an ingest writes them: vectors saved in the state's vector ca
 swap). The collection state is whatever the service opens for a DSN store: the sqlite ledger
 under ``CATALENS_HOME``, or the PostgreSQL state once it exists; the JSON names which.
 
-Then the same held-out queries, one at a time, on the paths below, taking turns in each round:
+Then the same held-out queries, one at a time, on the paths below, taking turns query by
+query (``rounds_of``):
 
 - ``pgvector k=10``: ``PgVectorStore.search`` for 10 neighbours (the pgvector-only figure);
-- ``pgvector k=64 with the vectors``: ``search_with_vectors``, the 64 candidates a centred
-  search re-ranks on PostgreSQL (a new collection's ``rerank_depth`` there) with their stored
-  vectors, in one statement, as the re-rank reads them;
-- ``pgvector k=512 with the vectors``: the same for 512, the depth FAISS collections re-rank;
+- ``statement: k=10 + hit rows``: ``search_riding``, the one statement a search with centring
+  off sends (10 neighbours, each with its title, metadata and preview, and the state's change
+  marker, ``collection/candidates.py``);
+- ``statement: k=64 centred + hit rows``: the one statement of a centred search on
+  PostgreSQL (a new collection's ``rerank_depth`` there): 64 neighbours scored by the
+  domain-centred cosine on the server, the hit rows of the best 20;
+- ``statement: k=512 centred + hit rows``: the same for 512, the depth FAISS collections
+  re-rank;
 - ``service, centring off``: ``CatalensService.search`` on a small JPEG upload (decode,
   embedding, candidates, product grouping, state reads for titles and previews, calibration);
 - ``service (default: re-rank of 64)``: the same with the domain-centring re-rank on, as a
   collection runs after 8 photo queries: what a user gets;
 - ``service, re-rank of 512``: the same with the depth of FAISS collections (and of
-  collections made on PostgreSQL before the depth there was 64);
-- ``part: len(store)``: asked once per search, kept by the store between searches (read
-  again when the state's generation moves).
+  collections made on PostgreSQL before the depth there was 64).
 
 The embedder is a stub that returns the query vector the bench sets (its cost is nil), so
 the service rows time everything but the model; bench/query_latency.py times the model.
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import shutil
 import sys
 import tempfile
@@ -57,8 +61,10 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from _common import RESULTS, median, mixture, percentile_ms, print_table, write_results
+from catalens.collection.candidates import HIT_ROWS_PER_HIT
 from catalens.collection.collection import Collection
 from catalens.embedders import Preprocessing
+from catalens.ledger.hit_rows import RidesSearches
 from catalens.ledger.state import ChangeSet, ImageChange
 from catalens.service.service import CatalensService
 from catalens.settings import Settings
@@ -186,21 +192,24 @@ def rss_mb() -> float:
 def rounds_of(
     paths: dict[str, Callable[[int], object]], queries: int, rounds: int
 ) -> dict[str, list[list[float]]]:
-    """Each round runs every path over all queries (by index); the paths' order rotates per
-    round so that no path always runs first (or last) under the machine's changing load."""
+    """Each round runs every query (by index) on every path, the paths one after the other
+    for each query, in an order that rotates from query to query: the machine's load, which
+    drifts over seconds on a shared box, weighs on every path alike, and each path runs
+    first (its pages not yet warmed by another path for that query) as often as the others."""
     names = list(paths)
     seconds: dict[str, list[list[float]]] = {name: [] for name in names}
     for round_index in range(rounds):
-        order = names[round_index % len(names) :] + names[: round_index % len(names)]
-        for name in order:
-            run = []
-            for index in range(queries):
+        runs: dict[str, list[float]] = {name: [] for name in names}
+        for index in range(queries):
+            turn = (index + round_index) % len(names)
+            for name in names[turn:] + names[:turn]:
                 started = time.perf_counter()
                 paths[name](index)
-                run.append(time.perf_counter() - started)
-            seconds[name].append(run)
+                runs[name].append(time.perf_counter() - started)
+        for name in names:
+            seconds[name].append(runs[name])
             print(
-                f"  round {round_index + 1} {name}: p50 {percentile_ms(run, 50)} ms",
+                f"  round {round_index + 1} {name}: p50 {percentile_ms(runs[name], 50)} ms",
                 file=sys.stderr,
                 flush=True,
             )
@@ -229,6 +238,7 @@ def main() -> None:
     if args.quick:
         args.n, args.queries, args.rounds = 20_000, 60, 2
 
+    load_before = os.getloadavg()
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((1000, args.dim))
     vectors = mixture(args.n, args.dim, rng, centres)
@@ -279,13 +289,20 @@ def main() -> None:
             embedder.vector = vector
             service.search("bench", image=photo, top_k=10)
         depth = options.rerank_depth  # a new collection's on PostgreSQL
+        mean = collection.centering.current(options.centering_min_queries)
+        assert mean is not None and isinstance(collection.ledger, RidesSearches)
+        rider = collection.ledger.search_rider()
+        shown = HIT_ROWS_PER_HIT * 10
         paths: dict[str, Callable[[int], object]] = {
             "pgvector k=10": lambda i: store.search(queries[i][None, :], 10),
-            f"pgvector k={depth} with the vectors": lambda i: store.search_with_vectors(
-                queries[i], depth
+            "statement: k=10 + hit rows": lambda i: store.search_riding(
+                queries[i], 10, rider, None, 10
             ),
-            f"pgvector k={WIDE} with the vectors": lambda i: store.search_with_vectors(
-                queries[i], WIDE
+            f"statement: k={depth} centred + hit rows": lambda i: store.search_riding(
+                queries[i], depth, rider, mean, shown
+            ),
+            f"statement: k={WIDE} centred + hit rows": lambda i: store.search_riding(
+                queries[i], WIDE, rider, mean, shown
             ),
             "service, centring off": lambda i: service_search(queries[i], centring=False),
             f"service (default: re-rank of {depth})": lambda i: service_search(
@@ -294,14 +311,13 @@ def main() -> None:
             f"service, re-rank of {WIDE}": lambda i: service_search(
                 queries[i], centring=True, rerank_depth=WIDE
             ),
-            # A part of the service path on its own: kept between searches now.
-            "part: len(store)": lambda i: len(store),
         }
         for path in paths.values():  # warm every connection and cache once
             for index in range(5):
                 path(index)
         seconds = rounds_of(paths, len(queries), args.rounds)
         rss_after = rss_mb()
+        load_after = os.getloadavg()
     finally:
         service.close()
         if not args.dsn:
@@ -342,7 +358,8 @@ def main() -> None:
         f" {sizes['store']['hnsw_index'] / 2**20:.0f} MB, tables"
         f" {sizes['store']['tables'] / 2**20:.0f} MB; state in PostgreSQL:"
         f" {(sizes['state']['tables'] + sizes['state']['other_indexes']) / 2**20:.0f} MB;"
-        f" process RSS {rss_after} MB"
+        f" process RSS {rss_after} MB; load average {load_before[0]:.2f} before,"
+        f" {load_after[0]:.2f} after"
     )
     quick = " --quick" if args.quick else ""
     write_results(
@@ -357,6 +374,7 @@ def main() -> None:
             "ef_search": args.ef_search,
             "build_memory": args.build_memory or "server default",
             "cpu": cpu(),
+            "load_average": {"before": load_before, "after": load_after},
             "state": state,
             "build_s": round(build_s, 1),
             "database": sizes,

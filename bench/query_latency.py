@@ -20,8 +20,10 @@ the JPEG ``draft`` mode that ``decode_query`` uses.
 ``--model mobilenet`` (issue 14) measures the query path against the model's own forward:
 mobilenetv2-int8, a collection of the 81 grocery-dev gallery images, ``service.query`` on
 val photos as bytes (kept for feedback, as the HTTP API does), and ``embed_pixels`` on the
-same 3 views, timed alternately in one loop. It repeats the loop with the per-crop
-preprocessing of before (each zoom crop resized and normalised on its own) for comparison.
+same 3 views, timed alternately in one loop (the stage columns are timed in a loop of their
+own afterwards, the search inside the one-thread FAISS guard the query runs it in). It
+repeats the loop with the per-crop preprocessing of before (each zoom crop resized and
+normalised on its own) for comparison, and prints the load average before and after.
 
 Prints a table and writes bench/results/query_latency.json.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import io
+import os
 import shutil
 import tempfile
 import time
@@ -60,6 +63,8 @@ from catalens.embedders.onnx_export import sample_images
 from catalens.ledger.state import ChangeSet, ImageChange
 from catalens.search import query_crops
 from catalens.search.query_crops import zoom_views
+from catalens.search.spare_thread import spare_thread
+from catalens.service.search_threads import single_threaded_search
 from catalens.service.service import build_service
 from catalens.settings import Settings
 from catalens.types import Product
@@ -253,33 +258,41 @@ def lean_path(queries: int, rounds: int, out: Path) -> None:
     draft = Preprocessing.from_card(embedder.identity.preprocessing).draft_size(zooms)
     decoded = [service.decode_query(p, draft_size=draft) for p in photos]
     lean_views = query_crops.zoom_pixels
+    batches = []  # the same views, as the model gets them
+    for image in decoded:
+        batch = lean_views(embedder, image, zooms)
+        assert batch is not None
+        batches.append(batch)
     rows = []
+    load_before = os.getloadavg()
     for label, views in (("lean (default)", lean_views), ("per-crop preprocessing", None)):
         query_crops.zoom_pixels = views or (lambda *a, **k: None)  # type: ignore[assignment]
         for photo in photos[:10]:  # warm up, and past the centring warm-up of 8 queries
             service.query("lean", image=photo, top_k=10)
+        lent = spare_thread.lent
         total: list[float] = []
         forward: list[float] = []
-        stages: dict[str, list[float]] = {"decode": [], "views": [], "search": []}
+        # The query and the model's forward alone, alternately: nothing else runs between
+        # them (the stages are timed in a loop of their own below).
         for _ in range(rounds):
-            for photo, image in zip(photos, decoded, strict=True):
-                batch = lean_views(embedder, image, zooms)
-                assert batch is not None
+            for photo, batch in zip(photos, batches, strict=True):
                 forward.append(_timed(partial(embedder.embed_pixels, batch)))
                 total.append(_timed(partial(service.query, "lean", image=photo, top_k=10)))
-                stages["decode"].append(
-                    _timed(partial(service.decode_query, photo, draft_size=draft))
-                )
-                stages["views"].append(
-                    _timed(partial(views, embedder, image, zooms))
-                    if views
-                    else _timed(
-                        lambda i=image: np.stack(
-                            [embedder.preprocess(query_crops.center_crop(i, z)) for z in zooms]
-                        )
+        lent = spare_thread.lent - lent
+        stages: dict[str, list[float]] = {"decode": [], "views": [], "search": []}
+        for photo, image in zip(photos, decoded, strict=True):
+            stages["decode"].append(_timed(partial(service.decode_query, photo, draft_size=draft)))
+            stages["views"].append(
+                _timed(partial(views, embedder, image, zooms))
+                if views
+                else _timed(
+                    lambda i=image: np.stack(
+                        [embedder.preprocess(query_crops.center_crop(i, z)) for z in zooms]
                     )
                 )
-                vector = embedder.embed_pixels(batch).mean(axis=0)
+            )
+            vector = query_crops.zoom_views(embedder, image, zooms)
+            with single_threaded_search([collection]):  # as the query searches
                 stages["search"].append(_timed(partial(collection.search, vector, top_k=10)))
         row = {
             "setting": label,
@@ -289,6 +302,7 @@ def lean_path(queries: int, rounds: int, out: Path) -> None:
             "ratio_p50_to_forward": round(median(total) / median(forward), 2),
             **{f"{stage}_p50_ms": percentile_ms(v, 50) for stage, v in stages.items()},
             "queries": len(total),
+            "parts_on_spare_thread": lent,  # zoom views and query-log writes
         }
         print(f"{label}: {row}", flush=True)
         rows.append(row)
@@ -302,12 +316,23 @@ def lean_path(queries: int, rounds: int, out: Path) -> None:
         [*headers, "decode p50", "views p50", "search p50"],
         [[r["setting"], *(r[k] for k in keys + stage_keys)] for r in rows],
     )
+    load_after = os.getloadavg()
+    print(f"\nload average {_load(load_before)} before, {_load(load_after)} after")
     command = "python bench/query_latency.py --model mobilenet"
     write_results(
         "query_latency_mobilenet",
-        {"command": command, "zooms": list(zooms), "results": rows},
+        {
+            "command": command,
+            "zooms": list(zooms),
+            "results": rows,
+            "load_before": [round(x, 2) for x in load_before],
+        },
         out,
     )
+
+
+def _load(values: tuple[float, float, float]) -> str:
+    return " ".join(f"{x:.2f}" for x in values)
 
 
 def _timed(fn: Any) -> float:

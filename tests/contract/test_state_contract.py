@@ -451,7 +451,11 @@ def test_config_and_documents_round_trip(opener: Opener, state: CollectionState)
     state.set_calibration({"weights": [0.1, 0.2], "source": "catalog"})
     state.set_domain_mean({"count": 3, "mean": [0.25, 0.5]})
     state.set_last_sync({"finished_at": 12.5, "errors": ["a"]})
+    assert state.synthetic_views() is None
+    views = {"recipe": "r", "dim": 4, "products": {"p1": {"hash": "h", "vectors": "AAAA"}}}
+    state.set_synthetic_views(views)
     state = opener.reopen(state)
+    assert state.synthetic_views() == views
     assert state.config() == config
     assert state.calibration() == {"weights": [0.1, 0.2], "source": "catalog"}
     assert state.domain_mean() == {"count": 3, "mean": [0.25, 0.5]}

@@ -27,6 +27,7 @@ from catalens.collection.coherence import REFRESH_SECONDS
 from catalens.collection.collection import Collection
 from catalens.ledger.hit_rows import ReadsHitRows
 from catalens.ledger.state import ChangeSet, ImageChange
+from catalens.search.query_crops import centered_scores
 from catalens.search.scoring import ProductVectors
 from catalens.service.collections import POSTGRES_RERANK_DEPTH
 from catalens.service.service import CatalensService
@@ -185,33 +186,77 @@ def test_search_finds_the_same_hits_and_scores_as_with_the_vectors_from_the_stat
         }
     finally:
         collection.store, collection.product_vectors = store, facts
-    assert lean == before
+    # The same hits in the same order; centred scores computed on the server agree to float
+    # precision (pgvector sums in float32), the others bit for bit.
+    assert {key: [replace(h, score=0.0) for h in hits] for key, hits in lean.items()} == {
+        key: [replace(h, score=0.0) for h in hits] for key, hits in before.items()
+    }
+    for key, hits in lean.items():
+        scores = [h.score for h in before[key]]
+        assert [h.score for h in hits] == pytest.approx(scores, abs=1e-5)
+    assert [h.score for h in lean["plain"]] == [h.score for h in before["plain"]]
     assert lean["centred"] != lean["plain"]  # the re-scoring did move something
     assert {h.product_id for h in lean["filtered"]} <= {"p0", "p3", "p4", "p9", "p12"}
     assert all(h.image and h.title for h in lean["centred"])
 
 
-def test_search_looks_at_the_state_change_marker_once(service: CatalensService) -> None:
+def test_a_search_is_one_round_trip_and_sees_a_new_negative_at_once(
+    service: CatalensService,
+) -> None:
+    """The change marker and the hit rows come with the candidates (centred or not); the
+    marker is still read live: a negative added since the last search counts in the next."""
     collection, queries = _filled(service, service.embedder().identity.dim)
-    ledger = collection.ledger
-    reads: list[tuple[int, ...]] = []
-    marker = ledger.change_marker
+    store, ledger = collection.store, collection.ledger
+    assert isinstance(store, PgVectorStore)
+    collection.search(queries[0], top_k=5)  # warm: the store's row count is kept from here
+    collection._checked = time.monotonic() + 3600  # no revisions check is due meanwhile
+    checkouts: list[str] = []
+    pools = {"store": store._pool, "state": ledger._pool}  # type: ignore[attr-defined]
+    for name, pool in pools.items():
+        taken = pool.connection
 
-    def counted() -> tuple[int, ...]:
-        reads.append(marker())
-        return reads[-1]
+        def counted(*args: Any, _taken: Any = taken, _name: str = name, **kwargs: Any) -> Any:
+            checkouts.append(_name)
+            return _taken(*args, **kwargs)
 
-    ledger.change_marker = counted  # type: ignore[method-assign]
+        pool.connection = counted
     try:
-        collection.search(queries[0], top_k=5)
-        assert len(reads) == 1
-        collection.config = replace(
-            collection.config, search=replace(collection.config.search, aggregation="max")
-        )
-        collection.search(queries[1], top_k=5, center=False)
-        assert len(reads) == 2
+        centred = collection.search(queries[1], top_k=5)
+        assert checkouts == ["store"]
+        plain = collection.search(queries[1], top_k=5, center=False)
+        assert checkouts == ["store", "store"]
+        assert centred != plain and all(h.title and h.image for h in centred + plain)
+        top = plain[0]
+        ledger.add_negative(top.product_id, queries[1])
+        del checkouts[:]
+        after = {h.product_id: h.score for h in collection.search(queries[1], center=False)}
+        assert after.get(top.product_id, -1.0) < top.score - 0.1  # penalised at once
     finally:
-        del ledger.change_marker
+        for pool in pools.values():
+            del pool.connection
+
+
+def test_centred_scores_from_the_server_are_the_python_ones(service: CatalensService) -> None:
+    collection, queries = _filled(service, service.embedder().identity.dim)
+    store = collection.store
+    assert isinstance(store, PgVectorStore)
+    mean = collection.centering.current(collection.config.search.centering_min_queries)
+    assert mean is not None
+    for query in queries[:6]:
+        found = store.search_riding(query, 60, None, mean, 60)
+        matches, vectors = store.search_with_vectors(query, 60)
+        assert found.matches == matches and found.centred is not None
+        expected = centered_scores(query, vectors, mean)
+        assert found.centred == pytest.approx(expected.tolist(), abs=1e-5)
+    # A candidate that is the mean itself scores 0, as ``l2_normalize`` makes it.
+    store.upsert([77_777], ["mean"], mean[None, :])
+    try:
+        found = store.search_riding(queries[0], 200, None, mean, 200)  # every row
+        assert found.centred is not None
+        scores = {m.image_id: score for m, score in zip(found.matches, found.centred, strict=True)}
+        assert len(scores) == 161 and scores[77_777] == 0.0
+    finally:
+        store.close()  # rolls the unflushed upsert back
 
 
 _WRITER = """
@@ -327,3 +372,47 @@ def test_a_pooled_connection_is_checked_only_after_it_sat_idle(pg_dsn: str) -> N
             IdleCheck(idle_seconds=3600.0).check(conn)  # never seen: asked
     finally:
         conn.close()
+
+
+def test_with_centring_off_a_plain_collection_asks_for_the_hits_alone(
+    service: CatalensService,
+) -> None:
+    """One image per product, no negatives: the store's top_k are the hits, so that is all a
+    search without centring asks for, and it finds what the usual depth finds. A negative
+    added since (the facts read with the candidates are not plain) makes it ask again."""
+    collection = service.create_collection("plain")
+    dim = collection.config.model.dim
+    rng = np.random.default_rng(3)
+    vectors = _unit(rng.standard_normal((60, dim)))
+    changes = ChangeSet()
+    for p in range(60):
+        changes.products.append(Product(id=f"p{p}", title=f"product {p}", images=(f"{p}.jpg",)))
+        changes.images.append(ImageChange(f"p{p}", f"{p}.jpg", 0, f"{p:064x}", "ok"))
+    collection.ledger.save_vectors([f"{p:064x}" for p in range(60)], vectors)
+    collection.apply(changes)
+    store = collection.store
+    assert isinstance(store, PgVectorStore)
+    asked: list[int] = []
+    riding = store.search_riding
+
+    def counted(*args: Any) -> Any:
+        asked.append(args[1])
+        return riding(*args)
+
+    store.search_riding = counted  # type: ignore[method-assign]
+    try:
+        queries = _unit(vectors[:4] + 0.3 * rng.standard_normal((4, dim)))
+        collection.search(queries[0], top_k=5, center=False)  # the facts are known from here
+        for query in queries:
+            del asked[:]
+            shallow = collection.search(query, top_k=5, center=False)
+            assert asked == [5]
+            usual = collection.search(query, top_k=5, center=False, threshold=-1.0)
+            assert asked == [5, 32] and shallow == usual
+        collection.ledger.add_negative("p0", queries[1])
+        del asked[:]
+        after = collection.search(queries[0], top_k=5, center=False)
+        assert asked == [5, 32]
+        assert after == collection.search(queries[0], top_k=5, center=False, threshold=-1.0)
+    finally:
+        del store.search_riding

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from catalens.collection.candidates import nearest_images_and_plain
+from catalens.collection.candidates import CandidateSearch
 from catalens.collection.coherence import Coherent, writer_lock_of
 from catalens.collection.config import CollectionConfig
 from catalens.collection.folders import copy_collection_dir, remove_collection_dir
@@ -31,7 +31,6 @@ from catalens.collection.locks import ReadWriteLock
 from catalens.collection.redact import shown_source
 from catalens.collection.stable_scores import judge
 from catalens.errors import CollectionNotFoundError, ModelMismatchError
-from catalens.ledger.hit_rows import hit_rows
 from catalens.ledger.sqlite import SqliteState
 from catalens.ledger.state import ChangeSet, CollectionState, metadata_matches
 from catalens.search.calibration import STATS_DEPTH, Calibration, NoCalibration
@@ -203,10 +202,19 @@ class Collection(Coherent):
             total = len(self.store)
             if total == 0 or top_k <= 0:
                 return []
-            k = min(total, max(top_k * 4, 32, options.rerank_depth if mean is not None else 0))
-            facts = self.product_vectors.current()  # one look at the state per search
+            # One look at the state per search (with the candidates where they can).
+            found = CandidateSearch(self.store, self.ledger, self.product_vectors)
+            k = found.depth(
+                top_k,
+                max(top_k * 4, 32, options.rerank_depth if mean is not None else 0),
+                centred=mean is not None,
+                narrowed=bool(filters or exclude) or threshold is not None,
+                calibrated=isinstance(self.calibration, Calibration),
+            )
+            k = min(total, k)
             while True:
-                matches, plain = nearest_images_and_plain(self.store, facts, queries[0], k, mean)
+                matches, plain = found.nearest(queries[0], k, mean)
+                facts = found.facts
                 best = score_products(
                     queries[0],
                     matches,
@@ -217,7 +225,7 @@ class Collection(Coherent):
                 )
                 for pid in exclude & best.keys():
                     del best[pid]
-                products = self.ledger.get_products(best) if filters else {}
+                products = found.hit_rows(best, ())[0] if filters else {}
                 if filters:
                     best = {
                         pid: hit
@@ -259,9 +267,9 @@ class Collection(Coherent):
             ][:top_k]
             image_ids = [image_id for _, (_, (_, image_id)) in shown]
             if filters:
-                previews = self.ledger.previews(image_ids)
+                previews = found.hit_rows((), image_ids)[1]
             else:  # only the rows shown: the candidates can be hundreds
-                products, previews = hit_rows(self.ledger, [p for _, (p, _) in shown], image_ids)
+                products, previews = found.hit_rows([p for _, (p, _) in shown], image_ids)
             return [
                 Hit(
                     rank=rank,

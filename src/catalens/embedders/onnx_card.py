@@ -123,6 +123,10 @@ def open_session(
     # 43 ms (int8), and sped up ingest by 5-13%; a box shared with other busy work loses
     # 5-15% with it (docs/benchmarks.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    # ... but not past the end of a run: a query's own work after its forward (search,
+    # query log) and the next query's decode need the cores the idle threads would spin
+    # on (issue 14: the mobilenet query path's p50 over its forward, 1.57 -> 1.32 at load 8).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         return ort.InferenceSession(
             str(model_path), sess_options=options, providers=_providers(device)

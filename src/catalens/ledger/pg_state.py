@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 from catalens.errors import CollectionNotFoundError
 from catalens.ledger.blobs import from_blob, to_blob
 from catalens.ledger.locks import AdvisoryLock, lock_key
-from catalens.ledger.pg_state_hits import PgHitReads
+from catalens.ledger.pg_state_hits import CHANGE_MARKER, PgHitReads
 from catalens.ledger.pg_state_pending import PgPendingVerdicts
 from catalens.ledger.pg_state_schema import (
     REGISTRY,
@@ -56,6 +56,7 @@ _IMAGE_COLUMNS = (
 _SEARCHABLE = f"status = '{OK}' AND content_hash IS NOT NULL"
 # meta keys of the small documents (the sqlite ledger's names)
 _CALIBRATION, _DOMAIN_MEAN, _LAST_SYNC = "calibration", "query_mean", "last_sync"
+_SYNTHETIC_VIEWS = "synthetic_views"
 # meta keys of the counters other processes check (``revisions``): one per part a search
 # depends on, bumped in the transaction that writes the part.
 _REVISION = {part: f"revision:{part}" for part in ("config", _CALIBRATION, _DOMAIN_MEAN)}
@@ -175,6 +176,12 @@ class PgState(PgHitReads, PgPendingVerdicts):
     def set_last_sync(self, data: Mapping[str, Any]) -> None:
         self._set_document(_LAST_SYNC, data)
 
+    def synthetic_views(self) -> Mapping[str, Any] | None:
+        return self._document(_SYNTHETIC_VIEWS)
+
+    def set_synthetic_views(self, data: Mapping[str, Any]) -> None:
+        self._set_document(_SYNTHETIC_VIEWS, data)
+
     # -- changes ----------------------------------------------------------------------------
 
     @property
@@ -183,11 +190,7 @@ class PgState(PgHitReads, PgPendingVerdicts):
         return int(rows[0][0]) if rows else 0
 
     def change_marker(self) -> tuple[int, ...]:
-        (row,) = self._rows(
-            "SELECT (SELECT value::bigint FROM {meta} WHERE key = 'generation'),"
-            " (SELECT coalesce(max(negative_id), 0) FROM {negatives}),"
-            " (SELECT count(*) FROM {negatives})"
-        )
+        (row,) = self._rows("SELECT " + CHANGE_MARKER)
         return tuple(int(v or 0) for v in row)
 
     def revisions(self) -> Revisions:

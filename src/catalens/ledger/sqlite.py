@@ -56,6 +56,7 @@ _IMAGE_COLUMNS = (
 )
 # meta keys of the small documents
 _CALIBRATION, _DOMAIN_MEAN, _LAST_SYNC = "calibration", "query_mean", "last_sync"
+_SYNTHETIC_VIEWS = "synthetic_views"
 
 
 def _searchable(alias: str = "") -> str:
@@ -171,6 +172,12 @@ class SqliteState(PendingVerdicts):
 
     def set_last_sync(self, data: Mapping[str, Any]) -> None:
         self._set_document(_LAST_SYNC, data)
+
+    def synthetic_views(self) -> Mapping[str, Any] | None:
+        return self._document(_SYNTHETIC_VIEWS)
+
+    def set_synthetic_views(self, data: Mapping[str, Any]) -> None:
+        self._set_document(_SYNTHETIC_VIEWS, data)
 
     # -- changes ----------------------------------------------------------------------------
 

@@ -216,6 +216,13 @@ class CollectionState(Protocol):
 
     def set_last_sync(self, data: Mapping[str, Any]) -> None: ...
 
+    def synthetic_views(self) -> Mapping[str, Any] | None:
+        """The embedded synthetic views of the last cold-start calibration (reused by the
+        next one for the products whose image did not change)."""
+        ...
+
+    def set_synthetic_views(self, data: Mapping[str, Any]) -> None: ...
+
     # -- changes ----------------------------------------------------------------------------
 
     @property

@@ -21,6 +21,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from PIL import Image, ImageOps
 
 from catalens.embedders.base import Embedder, l2_normalize
 from catalens.embedders.preprocess import Preprocessing
+from catalens.search.spare_thread import spare_thread
 from catalens.types import Hit
 
 DEFAULT_ZOOMS = (1.0, 1.25, 1.5625)
@@ -186,16 +188,54 @@ def zoom_pixels(
     Cheaper than preprocessing each crop: each view resamples only the pixels its centre
     crop keeps (Pillow's ``box``), giving the same pixels as ``center_crop`` + ``preprocess``;
     a large photo (twice what the tightest zoom needs, and more) is first resized once to
-    the square the plain view covers, and the views are cut from that; the pixels of every
-    view are scaled and normalised in one array operation."""
+    the square the plain view covers, and the views are cut from that. Each view is scaled
+    and normalised straight into its row of the batch, and, on a machine with an idle core,
+    the largest view is made on the spare thread (``search/spare_thread.py``) meanwhile."""
     prep = getattr(embedder, "preprocessing", None)
     if not isinstance(prep, Preprocessing):
         return None
     if image.mode != "RGB":
         image = image.convert("RGB")
+    zooms = tuple(zooms)
+    views = _view_makers(prep, image, zooms, flip)
+    size, count = prep.crop, len(zooms) * (2 if flip else 1) + (0 if 1.0 in zooms else 1)
+    nchw = prep.layout == "NCHW"
+    batch = np.empty((count, 3, size, size) if nchw else (count, size, size, 3), np.float32)
+    # (x * scale - mean) / std as one multiply (which reads the uint8 pixels in the model's
+    # layout) and one subtraction in place: the same float32 steps as before, row by row.
+    std = np.asarray(prep.std, dtype=np.float32)
+    scale = np.float32(prep.scale) / std
+    offset = np.asarray(prep.mean, dtype=np.float32) / std
+    if nchw:
+        scale, offset = scale.reshape(3, 1, 1), offset.reshape(3, 1, 1)
+
+    def fill(makers: Sequence[_ViewMaker]) -> None:
+        for make in makers:
+            for at, pixels in make():
+                row = batch[at]
+                np.multiply(pixels.transpose(2, 0, 1) if nchw else pixels, scale, out=row)
+                np.subtract(row, offset, out=row)
+
+    if len(views) > 1:
+        spare_thread.beside(partial(fill, views[:1]), partial(fill, views[1:]))
+    else:  # nothing to do meanwhile
+        fill(views)
+    return batch
+
+
+_ViewMaker = Callable[[], list[tuple[int, NDArray[np.uint8]]]]
+"""Makes one view's pixels (and its mirror's): (row in the batch, uint8 HxWx3) pairs."""
+
+
+def _view_makers(
+    prep: Preprocessing, image: Image.Image, zooms: tuple[float, ...], flip: bool
+) -> list[_ViewMaker]:
+    """One maker per resampled view, the largest (the plain view) first."""
     resample = Image.Resampling[prep.interpolation.upper()]
     size = prep.crop
     all_zooms = [max(1.0, z) for z in zooms] + ([] if 1.0 in zooms else [1.0])
+    rows = [*range(len(zooms)), len(zooms) * (2 if flip else 1)]
+    mirror_at = len(zooms) if flip else None
     # A large photo is resized once, to the square the plain view covers at the size the
     # tightest zoom needs; each view is then cut from it and resampled to the input size.
     width, height = image.size
@@ -205,44 +245,38 @@ def zoom_pixels(
     else:
         region_w = region_h = min(width, height) * ratio
     base = math.ceil(size * max(all_zooms))
+    makers: list[_ViewMaker] = []
     if min(region_w, region_h) >= 2 * base:
         left, top = (width - region_w) / 2, (height - region_h) / 2
         square = image.resize(
             (base, base), resample=resample, box=(left, top, left + region_w, top + region_h)
         )
-        arrays = []
-        for zoom in all_zooms:
+
+        def cut(i: int, zoom: float) -> list[tuple[int, NDArray[np.uint8]]]:
             side = base / zoom
             at = (base - side) / 2
-            view = square.resize(
-                (size, size), resample=resample, box=(at, at, at + side, at + side)
-            )
-            arrays.append(np.asarray(view))
+            box = (at, at, at + side, at + side)
+            pixels = np.asarray(square.resize((size, size), resample=resample, box=box))
+            if mirror_at is None or i >= len(zooms):
+                return [(rows[i], pixels)]
+            return [(rows[i], pixels), (mirror_at + i, pixels[:, ::-1])]
+
+        makers = [partial(cut, i, zoom) for i, zoom in enumerate(all_zooms)]
     else:  # exactly what preprocessing each crop gives, resampling the input size only
-        arrays = [
-            np.asarray(_framed(prep, center_crop(image, zoom), resample)) for zoom in all_zooms
-        ]
-        if flip:  # a crop's rounding is not symmetric: mirror the photo, as before
+
+        def framed(at: int, of: Image.Image, zoom: float) -> list[tuple[int, NDArray[np.uint8]]]:
+            return [(at, np.asarray(_framed(prep, center_crop(of, zoom), resample)))]
+
+        makers = [partial(framed, rows[i], image, zoom) for i, zoom in enumerate(all_zooms)]
+        if mirror_at is not None:  # a crop's rounding is not symmetric: mirror the photo
             mirrored = ImageOps.mirror(image)
-            flipped = [_framed(prep, center_crop(mirrored, zoom), resample) for zoom in zooms]
-            arrays[len(zooms) : len(zooms)] = [np.asarray(view) for view in flipped]
-            flip = False
-    pixels = np.stack(arrays)
-    if flip:
-        mirror = pixels[: len(zooms), :, ::-1]
-        pixels = np.concatenate([pixels[: len(zooms)], mirror, pixels[len(zooms) :]])
-    # (x * scale - mean) / std in one multiply-add over the batch; the layout is changed
-    # on the uint8 pixels, a quarter of the bytes of the float ones.
-    std = np.asarray(prep.std, dtype=np.float32)
-    scale = np.float32(prep.scale) / std
-    offset = np.asarray(prep.mean, dtype=np.float32) / std
-    if prep.layout == "NCHW":
-        pixels = pixels.transpose(0, 3, 1, 2)
-        scale, offset = scale.reshape(3, 1, 1), offset.reshape(3, 1, 1)
-    batch = np.ascontiguousarray(pixels).astype(np.float32)
-    batch *= scale
-    batch -= offset
-    return batch
+            makers += [
+                partial(framed, mirror_at + i, mirrored, zoom) for i, zoom in enumerate(zooms)
+            ]
+    # The plain view resamples the most pixels: it goes first (to the spare thread).
+    plain = all_zooms.index(min(all_zooms))
+    makers.insert(0, makers.pop(plain))
+    return makers
 
 
 def fold_mean(

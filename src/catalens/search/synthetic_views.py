@@ -3,8 +3,9 @@
 A new collection has no shopper photo and often one image per product, so nothing can be
 held out. Instead each sampled catalog image is photographed by the sample catalog's photo
 simulator (``sample/photos.py``: turned, warped, blurred, re-lit, on a cluttered shelf)
-and embedded as a query is (``query_views``: the collection's zoom views), giving labelled
-photo-like queries of the collection's own products with the collection's own model.
+and embedded (``embed_views``: the plain view, one forward a photo, where a photo query
+averages its zoom views: a third of the cost, docs/quality.md "Cold-start verdicts"), giving
+labelled photo-like queries of the collection's own products with the collection's own model.
 
 Deterministic for a seed: the same catalog images give the same views.
 """
@@ -18,9 +19,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
+from catalens.embedders import l2_normalize
 from catalens.embedders.base import Embedder
 from catalens.sample.photos import PHOTO_SIZE, shopper_photo
-from catalens.search.query_crops import DEFAULT_ZOOMS, query_views
+from catalens.search.query_crops import query_views, zoom_pixels
 
 __all__ = ["cut_out", "embed_views", "render_views"]
 
@@ -32,6 +34,11 @@ from."""
 MASK_SIDE = 128
 """The background is found on a copy of the image at most this many pixels a side."""
 NOISE_SIGMA = 3.0
+PLAIN = (1.0,)
+"""The zoom views a synthetic photo is embedded with: the plain view only (see
+``embed_views``)."""
+BATCH = 32
+"""Views embedded in one model call."""
 
 
 def cut_out(image: Image.Image) -> Image.Image:
@@ -158,11 +165,25 @@ def _fit(image: Image.Image, size: int) -> Image.Image:
 def embed_views(
     embedder: Embedder,
     photos: Sequence[Image.Image],
-    zooms: Sequence[float] = DEFAULT_ZOOMS,
+    zooms: Sequence[float] = PLAIN,
     *,
     flip: bool = False,
+    batch: int = BATCH,
 ) -> NDArray[np.float32]:
-    """The (n, d) query vectors of ``photos``, made as a photo search makes them."""
+    """The (n, d) vectors of ``photos``: the mean of each photo's ``zooms`` views (and,
+    with ``flip``, of the mirrored ones), renormalised, as a photo search makes its query
+    vector (``query_views``). The default is the plain view only: one forward a photo. The
+    views of several photos share each model call (``batch`` views a call)."""
+    zooms = tuple(zooms) or PLAIN
     if not photos:
         return np.zeros((0, embedder.identity.dim), dtype=np.float32)
-    return np.vstack([query_views(embedder, p, zooms, flip=flip)[0] for p in photos])
+    used = len(zooms) * (2 if flip else 1)
+    pixels = [zoom_pixels(embedder, p, zooms, flip=flip) for p in photos]
+    if any(p is None for p in pixels):  # an embedder with its own preprocessing
+        return np.vstack([query_views(embedder, p, zooms, flip=flip)[0] for p in photos])
+    rows = np.concatenate([p[:used] for p in pixels if p is not None])
+    vectors = np.concatenate(
+        [embedder.embed_pixels(rows[at : at + batch]) for at in range(0, len(rows), batch)]
+    )
+    means = vectors.reshape(len(photos), used, -1).mean(axis=1)
+    return l2_normalize(means).astype(np.float32)

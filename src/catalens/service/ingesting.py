@@ -230,7 +230,10 @@ class IngestWiring:
             collection.update_source(source)
         collection.ledger.set_last_sync(sync_summary(report))
         collection.ledger.prune_vectors()
-        if report.products_added or report.products_removed or report.images_embedded:
+        # Any change to what is searchable (an image changed to one already embedded too);
+        # cheap when few products changed: the calibration reuses the others' views.
+        changed = report.images_embedded + report.images_reused + report.images_removed
+        if report.products_added or report.products_removed or changed:
             # On the runtime the int8 guard chose, which the collection's queries will use.
             calibrate_cold_start(
                 collection,

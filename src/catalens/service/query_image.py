@@ -8,6 +8,7 @@ can build one.
 
 from __future__ import annotations
 
+import functools
 import io
 import shutil
 import tempfile
@@ -199,7 +200,24 @@ def draft_size(
     sizes = []
     for card, each in zip(preprocessings, zooms, strict=True):
         try:
-            sizes.append(Preprocessing.from_card(card).draft_size(each))
-        except (ModelError, KeyError):
+            key = tuple(
+                sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in card.items())
+            )
+            size = _draft_size(key, tuple(each))
+        except TypeError:  # a value that cannot be a key: read the card each time
+            size = _draft_size.__wrapped__(tuple(card.items()), tuple(each))
+        if size is None:
             return None
+        sizes.append(size)
     return max(sizes) if sizes else None
+
+
+@functools.lru_cache(maxsize=64)
+def _draft_size(
+    card: tuple[tuple[str, Any], ...], zooms: tuple[float, ...]
+) -> tuple[int, int] | None:
+    """One model's draft size, by its card's items (cached: every query asks for it)."""
+    try:
+        return Preprocessing.from_card(dict(card)).draft_size(zooms)
+    except (ModelError, KeyError):
+        return None

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -149,11 +150,11 @@ class QueryOps:
                 exclude=exclude,
                 observe=observe,
                 everywhere=name == ALL,
+                keep=partial(self.queries.keep, image)
+                if keep and isinstance(image, bytes)
+                else None,
             )
-        query_id = None
-        if keep and isinstance(image, bytes) and found.vectors:
-            query_id = self.queries.keep(image, found.vectors)
-        return SearchResult(query_id=query_id, hits=found.hits)
+        return SearchResult(query_id=found.query_id, hits=found.hits)
 
 
 __all__ = ["ALL", "Collections", "QueryBatchers", "QueryOps"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from catalens.embedders.base import Embedder, TextEmbedder, has_text_tower
 from catalens.errors import NoTextTowerError
 from catalens.ledger.query_log import QueryVectors, model_key
 from catalens.search.query_crops import confident_answer, query_views
+from catalens.search.spare_thread import spare_thread
 from catalens.types import Hit
 
 __all__ = ["Found", "embed_text", "search_collections"]
@@ -30,6 +32,8 @@ class Found:
 
     hits: list[Hit] = field(default_factory=list)
     vectors: dict[str, QueryVectors] = field(default_factory=dict)
+    query_id: str | None = None
+    """The kept photo's id (``keep``)."""
 
 
 def embed_text(embedder: Embedder, text: str) -> NDArray[np.float32]:
@@ -52,12 +56,16 @@ def search_collections(
     exclude: AbstractSet[str],
     observe: bool,
     everywhere: bool,
+    keep: Callable[[dict[str, QueryVectors]], str | None] | None = None,
 ) -> Found:
     """Search each collection with the decoded ``photo`` (or the ``text``); collections that
     share a model and query crops share one embedding. ``everywhere`` (a search of every
-    collection) skips image-only collections for a text query instead of failing."""
+    collection) skips image-only collections for a text query instead of failing. ``keep``
+    keeps the photo's vectors (the query log; its id is ``Found.query_id``) while the
+    collections are searched, on the spare thread when a core is idle."""
     vectors: dict[tuple[str, str, tuple[float, ...], bool], NDArray[np.float32]] = {}
     found = Found()
+    searched: list[tuple[Collection, tuple[str, str, tuple[float, ...], bool]]] = []
     for collection in opened:
         zooms = collection.config.search.query_zooms
         flip = collection.config.search.query_flip
@@ -80,18 +88,30 @@ def search_collections(
                     f"collection {collection.name!r} uses {embedder.identity.name}, which has "
                     "no text tower: search it by image"
                 )
-        if photo is not None and observe:
-            observe_query(collection, vectors[key])
-        found.hits.extend(
-            collection.search(
-                vectors[key],
-                top_k=top_k,
-                threshold=threshold,
-                filters=filters,
-                center=text is None,
-                exclude=exclude,
+        searched.append((collection, key))
+
+    def search_all() -> list[Hit]:
+        hits: list[Hit] = []
+        for collection, key in searched:
+            if photo is not None and observe:
+                observe_query(collection, vectors[key])
+            hits.extend(
+                collection.search(
+                    vectors[key],
+                    top_k=top_k,
+                    threshold=threshold,
+                    filters=filters,
+                    center=text is None,
+                    exclude=exclude,
+                )
             )
-        )
+        return hits
+
+    if keep is not None and found.vectors:
+        # The query log's write beside the search: the id is only returned once it is kept.
+        found.query_id, found.hits = spare_thread.beside(partial(keep, found.vectors), search_all)
+    else:
+        found.hits = search_all()
     if len(opened) > 1:
         found.hits = merge_ranked(found.hits, top_k)
     return found

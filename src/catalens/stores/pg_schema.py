@@ -16,6 +16,7 @@ A migration, once released, never changes: new shapes are new migrations.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,22 @@ Conn = psycopg.Connection[Any]
 IMAGES = "images"
 NEXT_IMAGES = "images_next"
 """A replacement table filled by a bulk load and swapped in by ``flush``."""
+
+
+@dataclass
+class Write:
+    """A store's open write transaction and the table it writes."""
+
+    conn: Conn
+    target: str = IMAGES
+    changed: bool = False
+    products_changed: bool = False
+
+
+def dumps_json(value: Any) -> str:
+    """A product's metadata as JSON (values JSON has no type for as their text)."""
+    return json.dumps(value, default=str)
+
 
 VECTOR_HELP = (
     "install pgvector on the server (e.g. `apt install postgresql-{major}-pgvector`, or run "

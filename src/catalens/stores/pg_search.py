@@ -5,6 +5,11 @@ pgvector 0.6 has no iterative index scans: an HNSW scan returns at most ``hnsw.e
 rows, and a filter applied after it can leave fewer than ``k``. So a filtered search either
 over-fetches from the index (and widens while too few rows pass) or scans the filtered rows
 exactly, whichever the planner's row estimate for the filter says is cheaper (``plan``).
+
+A search can carry what the caller reads per candidate from other tables of the same
+database (``Rider``: a collection state's hit rows and change marker) and score the
+candidates by the domain-centred cosine on the server (``Centre``), so that one centred
+search is one statement that returns scores, not vectors (``Searcher.riding``).
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import json
 import math
 from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import psycopg
 from numpy.typing import NDArray
+from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
@@ -45,6 +51,61 @@ class FilterPlan:
     fetch: int
 
 
+class Rider(Protocol):
+    """What a search statement carries for another reader of the same database.
+
+    ``columns`` are select-list expressions over the candidate ``c`` (``c.image_id``,
+    ``c.product_id``) and the aliases ``joins`` brings in (``LEFT JOIN LATERAL ...``, one row
+    per candidate at most), the first never NULL; neither holds a placeholder. The store runs
+    them only when ``database`` is its own DSN."""
+
+    @property
+    def database(self) -> str: ...
+
+    @property
+    def columns(self) -> sql.Composable: ...
+
+    @property
+    def joins(self) -> sql.Composable: ...
+
+
+@dataclass(frozen=True)
+class Centre:
+    """The domain-centred cosine ``cos(q - m, v - m)`` of each candidate ``v``, computed on
+    the server from what pgvector has operators for: with ``unit = (q - m) / |q - m|``
+    (``query_crops.centered_scores``' own normalisation, done here in float32),
+    ``cos = (v . unit - m . unit) / |v - m|``, 0 where ``v = m``."""
+
+    unit: NDArray[np.float32]
+    mean: NDArray[np.float32]
+    offset: float
+    """``mean . unit``."""
+
+    @classmethod
+    def of(cls, query: NDArray[np.float32], mean: NDArray[np.float32]) -> Centre:
+        centred = np.asarray(query, np.float32) - np.asarray(mean, np.float32)
+        unit = (centred / np.maximum(np.linalg.norm(centred), 1e-12)).astype(np.float32)
+        mean32 = np.asarray(mean, np.float32)
+        return cls(unit, mean32, float(np.dot(mean32.astype(np.float64), unit)))
+
+
+_CENTRED = sql.SQL(
+    ", coalesce((-(n.embedding <#> %(unit)b) - %(offset)s)"
+    " / nullif(n.embedding <-> %(mean)b, 0), 0) AS centred"
+)
+
+
+@dataclass(frozen=True)
+class RiddenSearch:
+    """A riding search's answer: the candidates as the store scores them (best first), their
+    centred cosines (in the same order) when a ``Centre`` was given, and each candidate's
+    rider columns."""
+
+    matches: list[ImageMatch]
+    centred: list[float] | None
+    rows: list[tuple[Any, ...]]
+
+
 @dataclass(frozen=True)
 class Searcher:
     """What every search of one store needs besides the connection."""
@@ -53,6 +114,11 @@ class Searcher:
     metric: Metric
     ef_search: int
     m: int
+    _statements: dict[tuple[Any, ...], tuple[Rider | None, bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """``riding``'s statements as sent, per shape: composing one costs more than a round
+    trip's worth of Python. Each keeps its rider, so that the rider's id is not reused."""
 
     def nearest(
         self,
@@ -67,10 +133,7 @@ class Searcher:
         """The ``k`` nearest rows of ``table``, exactly or through the HNSW index, and with
         ``vectors`` their embeddings ((n, d), in the same order), else None.
 
-        One round trip: on a pooled connection in autocommit, for at most ``ef_search``
-        rows, one statement (the store set the session's ``hnsw.ef_search`` on connect);
-        else the statements go out in one pipeline, in a transaction of their own when
-        ``conn`` is in autocommit (``hnsw.ef_search`` is set for it alone)."""
+        One round trip (``_run``)."""
         if k > MAX_EF_SEARCH:
             exact = True
         column = sql.SQL(", embedding" if vectors else "")
@@ -90,29 +153,10 @@ class Searcher:
             k=sql.Literal(k),
             column=column,
         )
-        own = conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
         cursor = conn.cursor(binary=vectors)
         if vectors:
             cursor.adapters.register_loader("vector", _RawVectorLoader)
-        try:
-            if own and k <= self.ef_search:
-                cursor.execute(statement, (query,))
-            else:
-                with conn.pipeline():
-                    if own:
-                        conn.execute("BEGIN")
-                    set_ef_search(conn, max(self.ef_search, k))
-                    cursor.execute(statement, (query,))
-                    if own:
-                        conn.execute("COMMIT")
-            rows = cursor.fetchall()
-        except BaseException:
-            if own:
-                with suppress(psycopg.Error):
-                    conn.rollback()
-            raise
-        finally:
-            cursor.close()
+        rows = self._run(conn, cursor, statement, (query,), k)
         if not vectors:
             return self.matches(rows), None
         # Each row's vector is a 4-byte header (dim, unused: one float's width) then
@@ -120,6 +164,114 @@ class Searcher:
         packed = np.frombuffer(b"".join(row[3] for row in rows), dtype=">f4")
         found = packed.reshape(len(rows), 1 + len(query))[:, 1:].astype(np.float32)
         return self.matches(rows), found
+
+    def riding(
+        self,
+        conn: Conn,
+        table: str,
+        query: NDArray[np.float32],
+        k: int,
+        exact: bool,
+        rider: Rider | None,
+        centre: Centre | None,
+        rows: int,
+    ) -> RiddenSearch:
+        """``nearest`` (no vectors), with each candidate's ``centre``d cosine and, for the
+        ``rows`` best by the score returned, ``rider``'s columns (the others' are None),
+        computed by the same statement: one round trip, as ``nearest``."""
+        if k > MAX_EF_SEARCH:
+            exact = True
+        rows = min(k, rows)
+        key = (table, k, exact, centre is not None, id(rider), rows)
+        cached = self._statements.get(key)
+        if cached is None or cached[0] is not rider:
+            if len(self._statements) >= 64:
+                self._statements.clear()
+            composed = self._riding_statement(
+                table, k, exact, rider, centred=centre is not None, rows=rows
+            )
+            cached = self._statements[key] = (rider, composed.as_bytes(conn))
+        params: dict[str, Any] = {"query": query}
+        if centre is not None:
+            params.update(unit=centre.unit, mean=centre.mean, offset=centre.offset)
+        with conn.cursor() as cursor:
+            found = self._run(conn, cursor, cached[1], params, k)
+        skip = 3 if centre is None else 4
+        return RiddenSearch(
+            self.matches(found),
+            None if centre is None else [float(row[3]) for row in found],
+            [row[skip:] for row in found],
+        )
+
+    def _riding_statement(
+        self, table: str, k: int, exact: bool, rider: Rider | None, *, centred: bool, rows: int
+    ) -> sql.Composed:
+        # The candidates in the store's order (``rank``), their vectors kept on the server;
+        # the rider's columns for the ``rows`` best of them by the score returned (``best``),
+        # NULL for the others (its subquery has no row there).
+        inner = (
+            "SELECT image_id, product_id, distance, embedding FROM (SELECT image_id,"
+            " product_id, embedding {op} %(query)b AS distance, embedding FROM {table} OFFSET 0)"
+            " e ORDER BY distance LIMIT {k}"
+            if exact
+            else "SELECT image_id, product_id, embedding {op} %(query)b AS distance, embedding"
+            " FROM {table} ORDER BY distance LIMIT {k}"
+        )
+        ranked = "SELECT n.*, row_number() OVER () AS rank{centred} FROM (" + inner + ") n"
+        best = "row_number() OVER (ORDER BY centred DESC, rank)" if centred and rows < k else "rank"
+        template = (
+            "SELECT image_id, product_id, distance{score} FROM (" + ranked + ") s ORDER BY rank"
+            if rider is None
+            else "SELECT c.image_id, c.product_id, c.distance{score}, r.* FROM (SELECT s.*, "
+            + best
+            + " AS best FROM ("
+            + ranked
+            + ") s) c LEFT JOIN LATERAL (SELECT {columns} FROM (SELECT c.image_id,"
+            " c.product_id WHERE c.best <= {rows}) c {joins}) r ON true ORDER BY c.rank"
+        )
+        return sql.SQL(template).format(
+            op=sql.SQL(OPS[self.metric][0]),
+            table=self.names.table(table),
+            k=sql.Literal(k),
+            rows=sql.Literal(rows),
+            centred=_CENTRED if centred else sql.SQL(""),
+            score=sql.SQL(", centred" if centred else ""),
+            columns=rider.columns if rider else sql.SQL(""),
+            joins=rider.joins if rider else sql.SQL(""),
+        )
+
+    def _run(
+        self,
+        conn: Conn,
+        cursor: psycopg.Cursor[Any],
+        statement: sql.Composed | bytes,
+        params: tuple[Any, ...] | dict[str, Any],
+        k: int,
+    ) -> list[tuple[Any, ...]]:
+        """``statement``'s rows in one round trip: one statement on a pooled connection in
+        autocommit for at most ``ef_search`` rows (the store set the session's
+        ``hnsw.ef_search`` on connect), else in one pipeline, in a transaction of its own
+        when ``conn`` is in autocommit (``hnsw.ef_search`` is set for it alone)."""
+        own = conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+        try:
+            if own and k <= self.ef_search:
+                cursor.execute(statement, params)
+            else:
+                with conn.pipeline():
+                    if own:
+                        conn.execute("BEGIN")
+                    set_ef_search(conn, max(self.ef_search, k))
+                    cursor.execute(statement, params)
+                    if own:
+                        conn.execute("COMMIT")
+            return cursor.fetchall()
+        except BaseException:
+            if own:
+                with suppress(psycopg.Error):
+                    conn.rollback()
+            raise
+        finally:
+            cursor.close()
 
     def plan(
         self,
@@ -216,6 +368,14 @@ class _RawVectorLoader(Loader):
 
     def load(self, data: Buffer) -> bytes:
         return bytes(data)
+
+
+def configure_session(conn: Conn, ef_search: int) -> None:
+    """A pooled connection as the store's searches expect it."""
+    register_vector(conn)
+    # The session's own hnsw.ef_search is the store's: a search for at most that many
+    # neighbours is then one statement (``Searcher._run``), no transaction around it.
+    conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef_search),))
 
 
 def set_ef_search(conn: Conn, ef_search: int) -> None:

@@ -16,12 +16,10 @@ Scores: cosine similarity (``1 - (a <=> b)``) for ``cosine``, negative squared L
 
 from __future__ import annotations
 
-import json
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +31,6 @@ from catalens.types import ImageMatch, ModelIdentity, Product
 
 try:
     import psycopg
-    from pgvector.psycopg import register_vector
     from psycopg import sql
     from psycopg.types.json import Jsonb
     from psycopg_pool import ConnectionPool
@@ -48,31 +45,26 @@ from catalens.stores.pg_schema import (
     NEXT_IMAGES,
     Conn,
     Names,
+    Write,
     begin_swap,
+    dumps_json,
     finish_swap,
     safe_dsn,
     write_meta,
 )
-from catalens.stores.pg_search import MAX_EF_SEARCH, FilterPlan, Searcher
+from catalens.stores.pg_search import (
+    MAX_EF_SEARCH,
+    Centre,
+    FilterPlan,
+    RiddenSearch,
+    Rider,
+    Searcher,
+    configure_session,
+)
 
 __all__ = ["FilterPlan", "PgVectorStore"]
 
-
-@dataclass
-class _Write:
-    """The open write transaction and where it writes."""
-
-    conn: Conn
-    target: str = IMAGES
-    changed: bool = False
-    products_changed: bool = False
-
-
-def _configure(conn: Conn, ef_search: int) -> None:
-    register_vector(conn)
-    # The session's own hnsw.ef_search is the store's: a search for at most that many
-    # neighbours is then one statement (``Searcher.nearest``), no transaction around it.
-    conn.execute("SELECT set_config('hnsw.ef_search', %s, false)", (str(ef_search),))
+Vector = NDArray[np.float32]
 
 
 class PgVectorStore:
@@ -120,7 +112,7 @@ class PgVectorStore:
         self._exact = index == "flat"
         self._searcher = Searcher(self._names, metric, ef_search, m)
         self._lock = threading.RLock()
-        self._write: _Write | None = None
+        self._write: Write | None = None
         self._count: int | None = None
         """Rows at the last flush read or made here (``__len__``); None: read it again."""
         self._flushes = 0  # a count read across a flush here is not kept
@@ -137,7 +129,7 @@ class PgVectorStore:
             dsn,
             size=pool,
             name=f"catalens-{self._names.schema}",
-            configure=lambda conn: _configure(conn, ef_search),
+            configure=lambda conn: configure_session(conn, ef_search),
             connect_timeout=connect_timeout,
         )
         try:
@@ -162,6 +154,11 @@ class PgVectorStore:
     @property
     def names(self) -> Names:
         return self._names
+
+    @property
+    def dsn(self) -> str:
+        """The database's DSN, as given (``search_riding`` takes riders for it alone)."""
+        return self._dsn
 
     def __len__(self) -> int:
         """The rows flushed, as of this store's last ``generation``, ``reload`` or ``flush``
@@ -340,17 +337,31 @@ class PgVectorStore:
         self, query: NDArray[np.float32], k: int
     ) -> tuple[list[ImageMatch], NDArray[np.float32]]:
         """Up to ``k`` images nearest one query, best first, and their stored vectors ((n, d),
-        in the order of the matches), read by the same statement
-        (``stores.base.SearchesWithVectors``)."""
-        matrix = as_matrix(query.reshape(1, -1), self._dim, "query")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        in that order), by one statement (``stores.base.SearchesWithVectors``)."""
         with self._reading(transaction=False) as (conn, table):
             matches, vectors = self._searcher.nearest(
-                conn, table, matrix[0], k, exact=self._exact, vectors=True
+                conn, table, self._one(query, k), k, exact=self._exact, vectors=True
             )
         assert vectors is not None
         return matches, vectors
+
+    def search_riding(
+        self, query: Vector, k: int, rider: Rider | None, mean: Vector | None, rows: int
+    ) -> RiddenSearch:
+        """``search_with_vectors`` without the vectors: their cosines centred on ``mean`` (if
+        given) and ``rider``'s columns for the ``rows`` best instead, by one statement."""
+        if rider is not None and rider.database != self._dsn:
+            raise ValueError("a rider reads the store's own database only")
+        one = self._one(query, k)
+        centre = None if mean is None else Centre.of(one, np.reshape(mean, self._dim))
+        with self._reading(transaction=False) as (conn, table):
+            return self._searcher.riding(conn, table, one, k, self._exact, rider, centre, rows)
+
+    def _one(self, query: NDArray[np.float32], k: int) -> Vector:
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        one: Vector = as_matrix(query.reshape(1, -1), self._dim, "query")[0]
+        return one
 
     # -- products and filters ----------------------------------------------------------------
 
@@ -367,7 +378,7 @@ class PgVectorStore:
                         " ON CONFLICT (id) DO UPDATE"
                         " SET title = EXCLUDED.title, metadata = EXCLUDED.metadata"
                     ).format(self._names.table("products")),
-                    [(p.id, p.title, Jsonb(dict(p.metadata), dumps=_dumps)) for p in products],
+                    [(p.id, p.title, Jsonb(dict(p.metadata), dumps=dumps_json)) for p in products],
                 )
 
     def delete_products(self, product_ids: Sequence[str]) -> None:
@@ -397,7 +408,7 @@ class PgVectorStore:
         return f"{safe_dsn(self._dsn)} collection {self._collection!r}"
 
     @contextmanager
-    def _writing(self) -> Iterator[_Write]:
+    def _writing(self) -> Iterator[Write]:
         """The write transaction (begun on first use); an error aborts all of it."""
         with self._lock:
             if self._write is None:
@@ -406,7 +417,7 @@ class PgVectorStore:
                     conn.autocommit = False  # the pool's reset turns it back on
                 except Exception as exc:
                     raise StoreError(f"{self._where}: no connection: {exc}") from exc
-                self._write = _Write(conn)
+                self._write = Write(conn)
                 try:
                     conn.execute(
                         "SELECT pg_advisory_xact_lock(%s)", (self._names.lock_key("write"),)
@@ -486,7 +497,3 @@ class PgVectorStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str)
