@@ -495,6 +495,18 @@ def test_iter_products_pages_in_byte_order(state: CollectionState) -> None:
     assert [p.id for p in state.iter_products(offset=2, limit=3)] == sorted(ids)[2:5]
 
 
+def test_find_products_matches_id_or_title_in_any_case_and_pages(state: CollectionState) -> None:
+    titles = {"b": "Green Apple", "B": "Pear", "a": "Äpfel", "a-1": "APPLE juice", "z": "Milk"}
+    state.apply(ChangeSet(products=[Product(i, t, ()) for i, t in titles.items()]))
+    assert state.find_products("", offset=0, limit=10) == (5, sorted(titles))
+    assert state.find_products("  apple ", offset=0, limit=10) == (2, ["a-1", "b"])
+    assert state.find_products("äpf", offset=0, limit=10) == (1, ["a"])
+    assert state.find_products("A", offset=0, limit=2) == (4, ["B", "a"])  # "b": Green Apple
+    assert state.find_products("A", offset=2, limit=2) == (4, ["a-1", "b"])
+    assert state.find_products("A", offset=9, limit=2) == (4, [])
+    assert state.find_products("100%", offset=0, limit=10) == (0, [])
+
+
 def test_a_resync_of_the_same_catalog_changes_nothing_searchable(state: CollectionState) -> None:
     catalog(state)
     before = (state.searchable_images(), state.all_images())

@@ -250,6 +250,18 @@ class PgState(PgHitReads, PgPendingVerdicts):
             for pid, title, metadata in rows
         ]
 
+    def find_products(self, search: str, *, offset: int, limit: int) -> tuple[int, list[str]]:
+        needle = search.strip()
+        where = "WHERE strpos(lower(id), lower(%s)) > 0 OR strpos(lower(title), lower(%s)) > 0"
+        params = (needle, needle) if needle else ()
+        where = where if needle else ""
+        ((total,),) = self._rows(f"SELECT COUNT(*) FROM {{products}} {where}", params)
+        rows = self._rows(
+            f'SELECT id FROM {{products}} {where} ORDER BY id COLLATE "C" LIMIT %s OFFSET %s',
+            (*params, limit, offset),
+        )
+        return int(total), [str(r[0]) for r in rows]
+
     def iter_products(self, *, offset: int = 0, limit: int | None = None) -> list[Product]:
         # Byte order (COLLATE "C"), as sqlite sorts text: the same pages on both.
         return self._products(

@@ -59,6 +59,10 @@ _CALIBRATION, _DOMAIN_MEAN, _LAST_SYNC = "calibration", "query_mean", "last_sync
 _SYNTHETIC_VIEWS = "synthetic_views"
 
 
+def _casefold(text: str | None) -> str | None:
+    return text.casefold() if isinstance(text, str) else text
+
+
 def _searchable(alias: str = "") -> str:
     """The one definition of a searchable image, as a condition on ``images``."""
     p = f"{alias}." if alias else ""
@@ -82,6 +86,8 @@ class SqliteState(PendingVerdicts):
         self.path = directory / DB_FILE
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # sqlite's lower() folds ASCII only: a search for "äpfel" must find "Äpfel".
+        self._db.create_function("casefold", 1, _casefold, deterministic=True)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -227,6 +233,17 @@ class SqliteState(PendingVerdicts):
             list(dict.fromkeys(product_ids)),
         )
         return {str(pid): (str(title), json.loads(metadata)) for pid, title, metadata in rows}
+
+    def find_products(self, search: str, *, offset: int, limit: int) -> tuple[int, list[str]]:
+        needle = search.strip().casefold()
+        where = "WHERE instr(casefold(id), ?) OR instr(casefold(title), ?)" if needle else ""
+        params = (needle, needle) if needle else ()
+        ((total,),) = self._query(f"SELECT COUNT(*) FROM products {where}", params)
+        rows = self._query(
+            f"SELECT id FROM products {where} ORDER BY id LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return int(total), [str(r[0]) for r in rows]
 
     def iter_products(self, *, offset: int = 0, limit: int | None = None) -> list[Product]:
         rows = self._query(

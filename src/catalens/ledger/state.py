@@ -256,6 +256,13 @@ class CollectionState(Protocol):
         """Products in id order."""
         ...
 
+    def find_products(self, search: str, *, offset: int, limit: int) -> tuple[int, list[str]]:
+        """(how many products hold ``search`` in their id or title, ignoring case; the ids of
+        ``limit`` of them from ``offset`` in id order, byte order as ``iter_products``). An
+        empty ``search`` holds every product. In the database, so that a page of a catalog of
+        millions reads one page."""
+        ...
+
     # -- images ---------------------------------------------------------------------------
 
     def image(self, image_id: int) -> ImageRow | None: ...

@@ -74,18 +74,10 @@ def catalog_page(
     offset = max(0, offset)
     limit = max(1, min(MAX_PAGE, limit))
     state = collection.ledger
-    ids = sorted(state.product_ids())
-    # Titles only when they are needed to match: the page itself needs its own few.
-    needle = search.strip().casefold()
-    if needle:
-        named = state.get_products(ids)
-        ids = [
-            i for i in ids if needle in i.casefold() or needle in named.get(i, ("",))[0].casefold()
-        ]
-    window = ids[offset : offset + limit]
+    total, window = state.find_products(search, offset=offset, limit=limit)
     titles = state.get_products(window)
     lines = tuple(_line(i, titles[i][0] if i in titles else "", state.images_of(i)) for i in window)
-    return ProductPage(total=len(ids), offset=offset, limit=limit, products=lines)
+    return ProductPage(total=total, offset=offset, limit=limit, products=lines)
 
 
 def display_images(collection: Collection, product_ids: Iterable[str]) -> dict[str, ImageRow]:
