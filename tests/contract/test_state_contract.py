@@ -495,6 +495,15 @@ def test_iter_products_pages_in_byte_order(state: CollectionState) -> None:
     assert [p.id for p in state.iter_products(offset=2, limit=3)] == sorted(ids)[2:5]
 
 
+def test_products_with_several_images_counts_searchable_catalog_images(
+    state: CollectionState,
+) -> None:
+    catalog(state)  # p1 has two searchable images, p2 one and a failed one
+    assert state.products_with_several_images() == 1
+    confirm(state, "p2", "h9")  # a confirmed photo is not a catalog image
+    assert state.products_with_several_images() == 1
+
+
 def test_find_products_matches_id_or_title_in_any_case_and_pages(state: CollectionState) -> None:
     titles = {"b": "Green Apple", "B": "Pear", "a": "Äpfel", "a-1": "APPLE juice", "z": "Milk"}
     state.apply(ChangeSet(products=[Product(i, t, ()) for i, t in titles.items()]))

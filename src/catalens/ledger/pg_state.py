@@ -307,6 +307,14 @@ class PgState(PgHitReads, PgPendingVerdicts):
         )
         return [FailedImage(str(pid), str(ref), str(err)) for pid, ref, err in rows]
 
+    def products_with_several_images(self) -> int:
+        ((n,),) = self._rows(
+            f"SELECT count(*) FROM (SELECT 1 FROM {{images}} WHERE {_SEARCHABLE} AND origin = %s"
+            " GROUP BY product_id HAVING count(*) > 1) several",
+            (CATALOG,),
+        )
+        return int(n)
+
     def counts(self) -> dict[str, int]:
         (row,) = self._rows(
             "SELECT (SELECT count(*) FROM {products}),"

@@ -296,6 +296,14 @@ class SqliteState(PendingVerdicts):
         )
         return [FailedImage(str(pid), str(ref), str(err)) for pid, ref, err in rows]
 
+    def products_with_several_images(self) -> int:
+        ((n,),) = self._query(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM images WHERE {_searchable()} AND origin = ? "
+            "GROUP BY product_id HAVING COUNT(*) > 1)",
+            (CATALOG,),
+        )
+        return int(n)
+
     def counts(self) -> dict[str, int]:
         (row,) = self._query(
             "SELECT (SELECT COUNT(*) FROM products), "

@@ -290,6 +290,11 @@ class CollectionState(Protocol):
         """``products``, ``images`` (searchable), ``failed_images``, ``confirmed_views``."""
         ...
 
+    def products_with_several_images(self) -> int:
+        """Products with two or more searchable catalog images (what a held-out calibration
+        fits on), counted in the database."""
+        ...
+
     # -- vectors ---------------------------------------------------------------------------
 
     def known_hashes(self, hashes: Iterable[str]) -> set[str]:

@@ -104,16 +104,10 @@ class CalibrationStatus:
 
 
 def calibration_status(collection: Collection) -> CalibrationStatus:
-    per_product: dict[str, int] = {}
-    confirmed = 0
-    for image in collection.ledger.searchable_images():
-        if image.origin == CATALOG:
-            per_product[image.product_id] = per_product.get(image.product_id, 0) + 1
-        else:
-            confirmed += 1
+    state = collection.ledger
     return CalibrationStatus(
         calibrated=isinstance(collection.calibration, Calibration),
-        products_with_several_images=sum(1 for n in per_product.values() if n > 1),
-        confirmed_photos=confirmed,
+        products_with_several_images=state.products_with_several_images(),
+        confirmed_photos=state.counts()["confirmed_views"],
         confirmed_needed=MIN_CONFIRMED,
     )
