@@ -225,18 +225,6 @@ def site(tmp_path_factory: pytest.TempPathFactory, mobilenet_dir: Path) -> Itera
         yield replace(built, url=url)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture
-def artifacts() -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS
-
-
 def open_page(browser: Browser, url: str, **context: Any) -> tuple[Page, list[str]]:
     """A fresh page at ``url``, and the list its script errors and console errors go to."""
     page = browser.new_context(**context).new_page()

@@ -25,7 +25,6 @@ from test_browser import (
     PLAIN,
     Site,
     build_site,
-    chromium,
     open_page,
     serving,
 )
@@ -39,7 +38,6 @@ pytestmark = [
 PRODUCTS = 22
 """Sample products, plus a broken and a portrait one: two pages of 20."""
 PAGE = 20
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +46,6 @@ def site(tmp_path_factory: pytest.TempPathFactory, mobilenet_dir: Path) -> Itera
     settings, built = build_site(root, mobilenet_dir, products=PRODUCTS)
     with serving(settings) as url:
         yield replace(built, url=url)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture
-def artifacts() -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS
 
 
 def _cli_collections(site: Site) -> dict[str, dict[str, Any]]:

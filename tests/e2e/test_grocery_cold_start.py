@@ -6,19 +6,10 @@ catalog images is calibrated at ingest (synthetic views), and its verdicts are s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-
-def _catalens(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CATALENS_HOME=str(home))
-    return subprocess.run(
-        [sys.executable, "-m", "catalens", *args], env=env, capture_output=True, text=True
-    )
+from cli_runs import run_catalens
 
 
 @pytest.mark.slow
@@ -26,18 +17,18 @@ def test_a_new_grocery_collection_has_trustworthy_verdicts(
     tmp_path: Path, grocery_dir: Path, mobilenet_dir: Path
 ) -> None:
     manifest = str(grocery_dir / "manifest.csv")
-    ingest = _catalens(
+    ingest = run_catalens(
         tmp_path, "ingest", "--collection", "grocery", "--source", manifest,
         "--model", str(mobilenet_dir), "--id-column", "item_id", "--image-column",
         "image_path", "--where", "role=gallery",
     )  # fmt: skip
     assert ingest.returncode == 0, ingest.stderr
-    listed = _catalens(tmp_path, "collections", "--json")
+    listed = run_catalens(tmp_path, "collections", "--json")
     assert listed.returncode == 0, listed.stderr
     (summary,) = json.loads(listed.stdout)
     assert summary["calibration"] == {"source": "synthetic", "samples": 243, "products": 81}
 
-    evaluated = _catalens(
+    evaluated = run_catalens(
         tmp_path, "eval", "--collection", "grocery", "--queries", manifest,
         "--where", "role=query", "--out-of-catalog", "each", "--json",
     )  # fmt: skip

@@ -6,20 +6,11 @@ set's numbers are in docs/quality.md."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-
-def _catalens(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CATALENS_HOME=str(home))
-    return subprocess.run(
-        [sys.executable, "-m", "catalens", *args], env=env, capture_output=True, text=True
-    )
+from cli_runs import run_catalens
 
 
 @pytest.mark.slow
@@ -27,14 +18,14 @@ def test_confirmed_photos_lift_recall(
     tmp_path: Path, grocery_dir: Path, mobilenet_dir: Path
 ) -> None:
     manifest = str(grocery_dir / "manifest.csv")
-    ingest = _catalens(
+    ingest = run_catalens(
         tmp_path,
         *("ingest", "--collection", "grocery", "--source", manifest),
         *("--model", str(mobilenet_dir), "--id-column", "item_id"),
         *("--image-column", "image_path", "--where", "role=gallery"),
     )
     assert ingest.returncode == 0, ingest.stderr
-    curve = _catalens(
+    curve = run_catalens(
         tmp_path,
         *("eval", "--collection", "grocery", "--queries", manifest),
         *("--where", "role=query", "--where", "is_packaged_sku=1"),
@@ -54,7 +45,7 @@ def test_confirmed_photos_lift_recall(
     if fed["matches"]:
         assert fed["match_precision"] >= 0.7
     # The curve ran on copies: the collection itself is as ingested.
-    listing = json.loads(_catalens(tmp_path, "collections", "--json").stdout)
+    listing = json.loads(run_catalens(tmp_path, "collections", "--json").stdout)
     assert [(c["name"], c["images"]) for c in listing] == [("grocery", 81)]
 
 
@@ -67,7 +58,7 @@ def test_keyless_feedback_resists_poisoning_and_keeps_the_honest_gain(
     photos under wrong products cost at most 2 points of recall@1, and honest keyless
     feedback (K=10, one client per verdict) keeps at least 90% of the keyed K=10 gain."""
     manifest = str(grocery_dir / "manifest.csv")
-    ingest = _catalens(
+    ingest = run_catalens(
         tmp_path,
         *("ingest", "--collection", "grocery", "--source", manifest),
         *("--model", str(mobilenet_dir), "--id-column", "item_id"),
@@ -76,7 +67,7 @@ def test_keyless_feedback_resists_poisoning_and_keeps_the_honest_gain(
     assert ingest.returncode == 0, ingest.stderr
 
     def curve(*args: str) -> list[dict[str, Any]]:
-        run = _catalens(
+        run = run_catalens(
             tmp_path,
             *("eval", "--collection", "grocery", "--queries", manifest),
             *("--where", "role=query", "--where", "is_packaged_sku=1"),

@@ -6,19 +6,10 @@ and pool); the whole set's numbers are in docs/quality.md ("Feedback that genera
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-
-def _catalens(home: Path, *args: str, scoring: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CATALENS_HOME=str(home), CATALENS_PHOTO_SCORING=scoring)
-    return subprocess.run(
-        [sys.executable, "-m", "catalens", *args], env=env, capture_output=True, text=True
-    )
+from cli_runs import run_catalens
 
 
 @pytest.mark.slow
@@ -28,22 +19,22 @@ def test_feedback_on_half_the_products_is_scored_per_half(
 ) -> None:
     manifest = str(grocery_dir / "manifest.csv")
     packaged = ("--where", "is_packaged_sku=1")
-    ingest = _catalens(
+    ingest = run_catalens(
         tmp_path,
         *("ingest", "--collection", "grocery", "--source", manifest),
         *("--model", str(mobilenet_dir), "--id-column", "item_id"),
         *("--image-column", "image_path", "--where", "role=gallery", *packaged),
-        scoring=scoring,
+        CATALENS_PHOTO_SCORING=scoring,
     )
     assert ingest.returncode == 0, ingest.stderr
-    curve = _catalens(
+    curve = run_catalens(
         tmp_path,
         *("eval", "--collection", "grocery", "--queries", manifest),
         *("--where", "role=query", *packaged),
         *("--feedback-pool", manifest, "--pool-where", "role=extra"),
         *("--pool-where", "is_packaged_sku=1", "--curve", "0,10"),
         *("--feedback-share", "0.5", "--seed", "0", "--json"),
-        scoring=scoring,
+        CATALENS_PHOTO_SCORING=scoring,
     )
     assert curve.returncode == 0, curve.stderr
     cold, fed = json.loads(curve.stdout)

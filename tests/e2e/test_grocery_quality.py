@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-
-def _catalens(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CATALENS_HOME=str(home))
-    return subprocess.run(
-        [sys.executable, "-m", "catalens", *args], env=env, capture_output=True, text=True
-    )
+from cli_runs import run_catalens
 
 
 @pytest.mark.slow
 def test_grocery_gallery_recall(tmp_path: Path, grocery_dir: Path, mobilenet_dir: Path) -> None:
     manifest = str(grocery_dir / "manifest.csv")
-    ingest = _catalens(
+    ingest = run_catalens(
         tmp_path,
         "ingest",
         "--collection",
@@ -44,7 +35,7 @@ def test_grocery_gallery_recall(tmp_path: Path, grocery_dir: Path, mobilenet_dir
     assert report["images_embedded"] == 81
     assert report["failed"] == []
 
-    evaluated = _catalens(
+    evaluated = run_catalens(
         tmp_path,
         "eval",
         "--collection",
