@@ -32,7 +32,7 @@ from catalens.types import ImageMatch
 if TYPE_CHECKING:
     from catalens.stores.pg_search import RiddenSearch
 
-__all__ = ["CandidateSearch", "SearchesRiding", "nearest_images", "nearest_images_and_plain"]
+__all__ = ["CandidateSearch", "SearchesRiding", "nearest_images_and_plain"]
 
 
 @runtime_checkable
@@ -170,18 +170,6 @@ class CandidateSearch:
         return found if found is not None else hit_rows(self._state, pids, ids)
 
 
-def nearest_images(
-    store: VectorStore,
-    facts: ProductFacts,
-    query: NDArray[np.float32],
-    k: int,
-    mean: NDArray[np.float32] | None,
-) -> list[ImageMatch]:
-    """Up to ``k`` images nearest ``query`` (d,), best first: scored by the store, or with
-    ``mean`` re-scored by the cosine centred on it and sorted again."""
-    return nearest_images_and_plain(store, facts, query, k, mean)[0]
-
-
 def nearest_images_and_plain(
     store: VectorStore,
     facts: ProductFacts,
@@ -189,8 +177,10 @@ def nearest_images_and_plain(
     k: int,
     mean: NDArray[np.float32] | None,
 ) -> tuple[list[ImageMatch], list[ImageMatch]]:
-    """``nearest_images``, and the same candidates as the store scored them (uncentred:
-    what the calibration and a user's threshold read, ``collection/stable_scores.py``)."""
+    """Up to ``k`` images nearest ``query`` (d,), best first: scored by the store, or with
+    ``mean`` re-scored by the cosine centred on it and sorted again; and the same candidates
+    as the store scored them (uncentred: what the calibration and a user's threshold read,
+    ``collection/stable_scores.py``)."""
     if mean is None:
         plain = store.search(query.reshape(1, -1), k)[0]
         return plain, plain
