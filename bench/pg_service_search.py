@@ -18,7 +18,8 @@ query (``rounds_of``):
   marker, ``collection/candidates.py``);
 - ``statement: k=64 centred + hit rows``: the one statement of a centred search on
   PostgreSQL (a new collection's ``rerank_depth`` there): 64 neighbours scored by the
-  domain-centred cosine on the server, the hit rows of the best 20;
+  domain-centred cosine on the server, the hit rows of the best 10 (each product has one
+  image here: the hits shown);
 - ``statement: k=512 centred + hit rows``: the same for 512, the depth FAISS collections
   re-rank;
 - ``service, centring off``: ``CatalensService.search`` on a small JPEG upload (decode,
@@ -26,7 +27,13 @@ query (``rounds_of``):
 - ``service (default: re-rank of 64)``: the same with the domain-centring re-rank on, as a
   collection runs after 8 photo queries: what a user gets;
 - ``service, re-rank of 512``: the same with the depth of FAISS collections (and of
-  collections made on PostgreSQL before the depth there was 64).
+  collections made on PostgreSQL before the depth there was 64);
+- ``part: the query's decode and zoom views``: what a service search does before it asks the
+  collection, the same on every store (``CatalensService.decode_query``, ``query_views`` with
+  the stub model);
+- ``part: collection search from the query vector``, centring off and default:
+  ``Collection.search``, what the service runs once the query is embedded (the statement,
+  the state's facts and hit rows, scoring, calibration).
 
 The embedder is a stub that returns the query vector the bench sets (its cost is nil), so
 the service rows time everything but the model; bench/query_latency.py times the model.
@@ -61,11 +68,11 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from _common import RESULTS, median, mixture, percentile_ms, print_table, write_results
-from catalens.collection.candidates import HIT_ROWS_PER_HIT
 from catalens.collection.collection import Collection
 from catalens.embedders import Preprocessing
 from catalens.ledger.hit_rows import RidesSearches
 from catalens.ledger.state import ChangeSet, ImageChange
+from catalens.search.query_crops import query_views
 from catalens.service.service import CatalensService
 from catalens.settings import Settings
 from catalens.stores.pg_local import local_dsn, stop_local
@@ -275,15 +282,27 @@ def main() -> None:
         photo = small_jpeg()
         options = collection.config.search
 
-        def service_search(
-            vector: NDArray[np.float32], *, centring: bool, rerank_depth: int | None = None
-        ) -> object:
+        def configure(centring: bool, rerank_depth: int | None = None) -> None:
             chosen = replace(options, centering=centring)
             if rerank_depth is not None:
                 chosen = replace(chosen, rerank_depth=rerank_depth)
             collection.config = replace(collection.config, search=chosen)
+
+        def service_search(
+            vector: NDArray[np.float32], *, centring: bool, rerank_depth: int | None = None
+        ) -> object:
+            configure(centring, rerank_depth)
             embedder.vector = vector
             return service.search("bench", image=photo, top_k=10, observe=False)
+
+        def collection_search(vector: NDArray[np.float32], *, centring: bool) -> object:
+            configure(centring)
+            return collection.search(vector, top_k=10)
+
+        def query_side(vector: NDArray[np.float32]) -> object:
+            embedder.vector = vector
+            decoded = service.decode_query(photo, draft_size=(8, 8))
+            return query_views(embedder, decoded, options.query_zooms, flip=options.query_flip)
 
         for vector in queries[: options.centering_min_queries + 2]:  # centring starts
             embedder.vector = vector
@@ -292,7 +311,7 @@ def main() -> None:
         mean = collection.centering.current(options.centering_min_queries)
         assert mean is not None and isinstance(collection.ledger, RidesSearches)
         rider = collection.ledger.search_rider()
-        shown = HIT_ROWS_PER_HIT * 10
+        shown = 10  # one image per product: the hit rows of the 10 shown (candidates.py)
         paths: dict[str, Callable[[int], object]] = {
             "pgvector k=10": lambda i: store.search(queries[i][None, :], 10),
             "statement: k=10 + hit rows": lambda i: store.search_riding(
@@ -310,6 +329,13 @@ def main() -> None:
             ),
             f"service, re-rank of {WIDE}": lambda i: service_search(
                 queries[i], centring=True, rerank_depth=WIDE
+            ),
+            "part: the query's decode and zoom views": lambda i: query_side(queries[i]),
+            "part: collection search from the vector, centring off": lambda i: collection_search(
+                queries[i], centring=False
+            ),
+            f"part: collection search from the vector (default: re-rank of {depth})": lambda i: (
+                collection_search(queries[i], centring=True)
             ),
         }
         for path in paths.values():  # warm every connection and cache once

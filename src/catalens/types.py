@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -68,6 +69,12 @@ class ModelIdentity:
 
     def key(self) -> str:
         """A stable string that two identical identities share."""
+        return self._key
+
+    @cached_property
+    def _key(self) -> str:
+        # Asked several times per search (model checks, embedder lookups): made once. The
+        # identity is frozen, and its preprocessing is never changed after it is made.
         return json.dumps(
             {
                 "name": self.name,

@@ -416,3 +416,61 @@ def test_with_centring_off_a_plain_collection_asks_for_the_hits_alone(
         assert after == collection.search(queries[0], top_k=5, center=False, threshold=-1.0)
     finally:
         del store.search_riding
+
+
+def test_a_centred_search_of_a_plain_collection_reads_the_hit_rows_it_shows(
+    service: CatalensService,
+) -> None:
+    """Centred, each product one image and nothing narrowing: the hits shown are the best
+    top_k by centred score, so only their hit rows ride the statement, and the hits are those
+    found when twice as many ride. A collection with several images per product (``_filled``)
+    still reads twice as many."""
+    collection = service.create_collection("plain")
+    dim = collection.config.model.dim
+    rng = np.random.default_rng(5)
+    vectors = _unit(rng.standard_normal((60, dim)))
+    changes = ChangeSet()
+    for p in range(60):
+        changes.products.append(Product(id=f"p{p}", title=f"product {p}", images=(f"{p}.jpg",)))
+        changes.images.append(ImageChange(f"p{p}", f"{p}.jpg", 0, f"{p:064x}", "ok"))
+    collection.ledger.save_vectors([f"{p:064x}" for p in range(60)], vectors)
+    collection.apply(changes)
+    for query in _unit(rng.standard_normal((10, dim))):  # centring is on from here
+        collection.observe_query(query)
+    store = collection.store
+    assert isinstance(store, PgVectorStore)
+    rows: list[int] = []
+    doubled = False
+    riding = store.search_riding
+
+    def counted(*args: Any) -> Any:
+        rows.append(args[4])
+        return riding(*args[:4], args[4] * 2 if doubled else args[4])
+
+    store.search_riding = counted  # type: ignore[method-assign]
+    try:
+        queries = _unit(vectors[:6] + 0.5 * rng.standard_normal((6, dim)))
+        collection.search(queries[0], top_k=5)  # the facts are known from here
+        for query in queries:
+            del rows[:]
+            doubled = False
+            lean = collection.search(query, top_k=5)
+            doubled = True
+            wide = collection.search(query, top_k=5)
+            assert rows == [5, 5]  # one statement each, the hit rows of 5 asked for
+            assert lean == wide and len(lean) == 5 and all(h.title and h.image for h in lean)
+            assert lean != collection.search(query, top_k=5, center=False)  # centred
+    finally:
+        del store.search_riding
+    several, queries = _filled(service, dim)
+    assert isinstance(several.store, PgVectorStore)
+    riding = several.store.search_riding
+    several.store.search_riding = counted  # type: ignore[method-assign]
+    try:
+        doubled = False
+        several.search(queries[0], top_k=5)
+        del rows[:]
+        several.search(queries[1], top_k=5)
+        assert rows == [10]
+    finally:
+        del several.store.search_riding

@@ -104,6 +104,7 @@ class CandidateSearch:
         self._facts: ProductFacts | None = None
         self._shallow: tuple[int, int] | None = None
         self._shown: int | None = None
+        self._rows_per_hit = HIT_ROWS_PER_HIT
 
     def depth(
         self, top_k: int, full: int, *, centred: bool, narrowed: bool, calibrated: bool
@@ -114,7 +115,10 @@ class CandidateSearch:
         so ``top_k`` (and one past ``STATS_DEPTH`` for a calibration's features). Should the
         facts read with the candidates not be plain, ``nearest`` asks again for ``full``."""
         self._shown = top_k
-        if centred or narrowed or not _plain(self._product_vectors.known):
+        plain = not narrowed and _plain(self._product_vectors.known)
+        # Centred and plain, the hits shown are the best ``top_k`` by centred score.
+        self._rows_per_hit = 1 if plain else HIT_ROWS_PER_HIT
+        if centred or not plain:
             return full
         shallow = max(top_k, STATS_DEPTH + 1) if calibrated else top_k
         if shallow >= full:
@@ -147,7 +151,7 @@ class CandidateSearch:
             return nearest_images_and_plain(store, self.facts, query, k, mean)
         # Centred, the hits shown are nearly always among the best few by centred score
         # (``hit_rows`` reads any other); else any candidate may be.
-        rows = k if mean is None or self._shown is None else HIT_ROWS_PER_HIT * self._shown
+        rows = k if mean is None or self._shown is None else self._rows_per_hit * self._shown
         found = store.search_riding(query, k, self._rider, mean, rows)
         plain = found.matches
         if self._rider is not None and _rides(state):

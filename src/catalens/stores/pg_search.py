@@ -90,8 +90,8 @@ class Centre:
 
 
 _CENTRED = sql.SQL(
-    ", coalesce((-(n.embedding <#> %(unit)b) - %(offset)s)"
-    " / nullif(n.embedding <-> %(mean)b, 0), 0) AS centred"
+    ", coalesce((-(embedding <#> %(unit)b) - %(offset)s)"
+    " / nullif(embedding <-> %(mean)b, 0), 0) AS centred"
 )
 
 
@@ -206,18 +206,19 @@ class Searcher:
     def _riding_statement(
         self, table: str, k: int, exact: bool, rider: Rider | None, *, centred: bool, rows: int
     ) -> sql.Composed:
-        # The candidates in the store's order (``rank``), their vectors kept on the server;
-        # the rider's columns for the ``rows`` best of them by the score returned (``best``),
-        # NULL for the others (its subquery has no row there).
+        # The candidates in the store's order (``rank``), scored where they are read: the
+        # vectors (2 KB at d=512) never leave the scan, so the window nodes above copy only
+        # a few narrow columns. The rider's columns for the ``rows`` best of them by the
+        # score returned (``best``), NULL for the others (its subquery has no row there).
         inner = (
-            "SELECT image_id, product_id, distance, embedding FROM (SELECT image_id,"
+            "SELECT image_id, product_id, distance{centred} FROM (SELECT image_id,"
             " product_id, embedding {op} %(query)b AS distance, embedding FROM {table} OFFSET 0)"
             " e ORDER BY distance LIMIT {k}"
             if exact
-            else "SELECT image_id, product_id, embedding {op} %(query)b AS distance, embedding"
+            else "SELECT image_id, product_id, embedding {op} %(query)b AS distance{centred}"
             " FROM {table} ORDER BY distance LIMIT {k}"
         )
-        ranked = "SELECT n.*, row_number() OVER () AS rank{centred} FROM (" + inner + ") n"
+        ranked = "SELECT n.*, row_number() OVER () AS rank FROM (" + inner + ") n"
         best = "row_number() OVER (ORDER BY centred DESC, rank)" if centred and rows < k else "rank"
         template = (
             "SELECT image_id, product_id, distance{score} FROM (" + ranked + ") s ORDER BY rank"
