@@ -199,19 +199,23 @@ def rss_mb() -> float:
 def rounds_of(
     paths: dict[str, Callable[[int], object]], queries: int, rounds: int
 ) -> dict[str, list[list[float]]]:
-    """Each round runs every query (by index) on every path, the paths one after the other
-    for each query, in an order that rotates from query to query: the machine's load, which
-    drifts over seconds on a shared box, weighs on every path alike, and each path runs
-    first (its pages not yet warmed by another path for that query) as often as the others."""
+    """Each round runs every query (by index) on every path. The paths take turns step by
+    step, in an order that rotates from step to step, so the machine's load, which drifts
+    over seconds on a shared box, weighs on every path alike. At each step every path runs a
+    different query (path j the query ``step + j * queries // len(paths)``): a path never
+    follows another that has just walked the same query's part of the index, which would
+    find its pages warm in the CPU's caches (production queries do not repeat)."""
     names = list(paths)
+    stride = max(1, queries // len(names))
     seconds: dict[str, list[list[float]]] = {name: [] for name in names}
     for round_index in range(rounds):
         runs: dict[str, list[float]] = {name: [] for name in names}
-        for index in range(queries):
-            turn = (index + round_index) % len(names)
+        for step in range(queries):
+            turn = (step + round_index) % len(names)
             for name in names[turn:] + names[:turn]:
+                query = (step + names.index(name) * stride) % queries
                 started = time.perf_counter()
-                paths[name](index)
+                paths[name](query)
                 runs[name].append(time.perf_counter() - started)
         for name in names:
             seconds[name].append(runs[name])
