@@ -135,6 +135,22 @@ def _filled(service: CatalensService, dim: int) -> tuple[Collection, NDArray[np.
     return collection, queries
 
 
+def _plain(
+    service: CatalensService, rng: np.random.Generator
+) -> tuple[Collection, NDArray[np.float32]]:
+    """A collection on PostgreSQL of 60 products of one image each (random unit vectors, also
+    returned), no negatives or confirmed photos: the plain case the search shortcuts serve."""
+    collection = service.create_collection("plain")
+    vectors = _unit(rng.standard_normal((60, collection.config.model.dim)))
+    changes = ChangeSet()
+    for p in range(60):
+        changes.products.append(Product(id=f"p{p}", title=f"product {p}", images=(f"{p}.jpg",)))
+        changes.images.append(ImageChange(f"p{p}", f"{p}.jpg", 0, f"{p:064x}", "ok"))
+    collection.ledger.save_vectors([f"{p:064x}" for p in range(60)], vectors)
+    collection.apply(changes)
+    return collection, vectors
+
+
 def _searched(collection: Collection, queries: NDArray[np.float32], **options: Any) -> list[Hit]:
     return [hit for q in queries for hit in collection.search(q, top_k=5, **options)]
 
@@ -380,16 +396,9 @@ def test_with_centring_off_a_plain_collection_asks_for_the_hits_alone(
     """One image per product, no negatives: the store's top_k are the hits, so that is all a
     search without centring asks for, and it finds what the usual depth finds. A negative
     added since (the facts read with the candidates are not plain) makes it ask again."""
-    collection = service.create_collection("plain")
-    dim = collection.config.model.dim
     rng = np.random.default_rng(3)
-    vectors = _unit(rng.standard_normal((60, dim)))
-    changes = ChangeSet()
-    for p in range(60):
-        changes.products.append(Product(id=f"p{p}", title=f"product {p}", images=(f"{p}.jpg",)))
-        changes.images.append(ImageChange(f"p{p}", f"{p}.jpg", 0, f"{p:064x}", "ok"))
-    collection.ledger.save_vectors([f"{p:064x}" for p in range(60)], vectors)
-    collection.apply(changes)
+    collection, vectors = _plain(service, rng)
+    dim = collection.config.model.dim
     store = collection.store
     assert isinstance(store, PgVectorStore)
     asked: list[int] = []
@@ -425,16 +434,9 @@ def test_a_centred_search_of_a_plain_collection_reads_the_hit_rows_it_shows(
     top_k by centred score, so only their hit rows ride the statement, and the hits are those
     found when twice as many ride. A collection with several images per product (``_filled``)
     still reads twice as many."""
-    collection = service.create_collection("plain")
-    dim = collection.config.model.dim
     rng = np.random.default_rng(5)
-    vectors = _unit(rng.standard_normal((60, dim)))
-    changes = ChangeSet()
-    for p in range(60):
-        changes.products.append(Product(id=f"p{p}", title=f"product {p}", images=(f"{p}.jpg",)))
-        changes.images.append(ImageChange(f"p{p}", f"{p}.jpg", 0, f"{p:064x}", "ok"))
-    collection.ledger.save_vectors([f"{p:064x}" for p in range(60)], vectors)
-    collection.apply(changes)
+    collection, vectors = _plain(service, rng)
+    dim = collection.config.model.dim
     for query in _unit(rng.standard_normal((10, dim))):  # centring is on from here
         collection.observe_query(query)
     store = collection.store
