@@ -103,8 +103,8 @@ class CandidateSearch:
         self._ridden: HitRowsRidden | None = None
         self._facts: ProductFacts | None = None
         self._shallow: tuple[int, int] | None = None
-        self._shown: int | None = None
-        self._rows_per_hit = HIT_ROWS_PER_HIT
+        self._shown_rows: int | None = None
+        """The candidates whose hit rows a centred search reads (``depth``)."""
 
     def depth(
         self, top_k: int, full: int, *, centred: bool, narrowed: bool, calibrated: bool
@@ -114,10 +114,9 @@ class CandidateSearch:
         ``_plain``, the images the caller reads: each its own product, in the store's order,
         so ``top_k`` (and one past ``STATS_DEPTH`` for a calibration's features). Should the
         facts read with the candidates not be plain, ``nearest`` asks again for ``full``."""
-        self._shown = top_k
         plain = not narrowed and _plain(self._product_vectors.known)
         # Centred and plain, the hits shown are the best ``top_k`` by centred score.
-        self._rows_per_hit = 1 if plain else HIT_ROWS_PER_HIT
+        self._shown_rows = top_k if plain else HIT_ROWS_PER_HIT * top_k
         if centred or not plain:
             return full
         shallow = max(top_k, STATS_DEPTH + 1) if calibrated else top_k
@@ -151,7 +150,7 @@ class CandidateSearch:
             return nearest_images_and_plain(store, self.facts, query, k, mean)
         # Centred, the hits shown are nearly always among the best few by centred score
         # (``hit_rows`` reads any other); else any candidate may be.
-        rows = k if mean is None or self._shown is None else self._rows_per_hit * self._shown
+        rows = k if mean is None or self._shown_rows is None else self._shown_rows
         found = store.search_riding(query, k, self._rider, mean, rows)
         plain = found.matches
         if self._rider is not None and _rides(state):

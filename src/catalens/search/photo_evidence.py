@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -79,13 +80,19 @@ class ConfirmedPhotos:
     """Product with confirmed photos -> the image ids of its catalog images."""
     queries: Mapping[int, NDArray[np.float32]] = field(default_factory=dict)
     """Confirmed photo image id -> the query vector its shopper searched with."""
-    photo_ids: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
-    """Product with confirmed photos -> their image ids (derived from ``owner`` when empty)."""
     gaps: dict[bytes, float] = field(default_factory=dict, compare=False)
     """Cache: the domain mean's bytes (``b""`` uncentred) -> the gap measured in that space."""
 
     def __bool__(self) -> bool:
         return bool(self.owner)
+
+    @cached_property
+    def photo_ids(self) -> Mapping[str, tuple[int, ...]]:
+        """Product with confirmed photos -> their image ids (``owner`` inverted, once)."""
+        own: dict[str, list[int]] = {}
+        for image_id, product_id in self.owner.items():
+            own.setdefault(product_id, []).append(image_id)
+        return {product_id: tuple(ids) for product_id, ids in own.items()}
 
 
 def _unit(vectors: NDArray[np.float32], mean: NDArray[np.float32] | None) -> NDArray[np.float32]:
@@ -208,10 +215,7 @@ def _views_score(
     top = best[product_id][0]
     if options.aggregation != "blend" or options.blend_weight >= 1.0:
         return top
-    own = photos.photo_ids.get(product_id) or tuple(
-        i for i, pid in photos.owner.items() if pid == product_id
-    )
-    ids = [*photos.catalog_ids[product_id], *own]
+    ids = [*photos.catalog_ids[product_id], *photos.photo_ids.get(product_id, ())]
     if len(ids) < 2:
         return top
     centroid = l2_normalize(_unit(vectors_of(ids), mean).sum(axis=0, keepdims=True))[0]

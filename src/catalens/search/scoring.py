@@ -173,14 +173,10 @@ class ProductVectors:
             for image_id, vector in self._state.confirmed_queries().items()
             if image_id in owner and vector.size == self._dim
         }
-        own: dict[str, list[int]] = {pid: [] for pid in fed}
-        for image_id, pid in owner.items():
-            own[pid].append(image_id)
         return ConfirmedPhotos(
             owner=owner,
             catalog_ids={pid: tuple(ids) for pid, ids in catalog.items()},
             queries=queries,
-            photo_ids={pid: tuple(ids) for pid, ids in own.items()},
         )
 
     def multi_image(self) -> frozenset[str]:
