@@ -252,9 +252,12 @@ class PgState(PgHitReads, PgPendingVerdicts):
 
     def find_products(self, search: str, *, offset: int, limit: int) -> tuple[int, list[str]]:
         needle = search.strip()
-        where = "WHERE strpos(lower(id), lower(%s)) > 0 OR strpos(lower(title), lower(%s)) > 0"
+        where = (
+            "WHERE strpos(lower(id), lower(%s)) > 0 OR strpos(lower(title), lower(%s)) > 0"
+            if needle
+            else ""
+        )
         params = (needle, needle) if needle else ()
-        where = where if needle else ""
         ((total,),) = self._rows(f"SELECT COUNT(*) FROM {{products}} {where}", params)
         rows = self._rows(
             f'SELECT id FROM {{products}} {where} ORDER BY id COLLATE "C" LIMIT %s OFFSET %s',

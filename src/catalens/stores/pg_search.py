@@ -136,22 +136,11 @@ class Searcher:
         One round trip (``_run``)."""
         if k > MAX_EF_SEARCH:
             exact = True
-        column = sql.SQL(", embedding" if vectors else "")
-        # Exact: the ORDER BY sits above a subquery the index cannot order, so the plan is a
-        # scan whatever the planner settings (psycopg's prepared statements keep their plans).
-        template = (
-            "SELECT image_id, product_id, distance{column} FROM (SELECT image_id, product_id,"
-            " embedding {op} %b AS distance{column} FROM {table} OFFSET 0) c"
-            " ORDER BY distance LIMIT {k}"
-            if exact
-            else "SELECT image_id, product_id, embedding {op} %b AS distance{column}"
-            " FROM {table} ORDER BY distance LIMIT {k}"
-        )
-        statement = sql.SQL(template).format(
+        statement = sql.SQL(_neighbours(exact, "%b", "{column}")).format(
             op=sql.SQL(OPS[self.metric][0]),
             table=self.names.table(table),
             k=sql.Literal(k),
-            column=column,
+            column=sql.SQL(", embedding" if vectors else ""),
         )
         cursor = conn.cursor(binary=vectors)
         if vectors:
@@ -210,14 +199,7 @@ class Searcher:
         # vectors (2 KB at d=512) never leave the scan, so the window nodes above copy only
         # a few narrow columns. The rider's columns for the ``rows`` best of them by the
         # score returned (``best``), NULL for the others (its subquery has no row there).
-        inner = (
-            "SELECT image_id, product_id, distance{centred} FROM (SELECT image_id,"
-            " product_id, embedding {op} %(query)b AS distance, embedding FROM {table} OFFSET 0)"
-            " e ORDER BY distance LIMIT {k}"
-            if exact
-            else "SELECT image_id, product_id, embedding {op} %(query)b AS distance{centred}"
-            " FROM {table} ORDER BY distance LIMIT {k}"
-        )
+        inner = _neighbours(exact, "%(query)b", "{centred}")
         ranked = "SELECT n.*, row_number() OVER () AS rank FROM (" + inner + ") n"
         best = "row_number() OVER (ORDER BY centred DESC, rank)" if centred and rows < k else "rank"
         template = (
@@ -360,6 +342,24 @@ class Searcher:
         if self.metric == "cosine":
             return [ImageMatch(int(r[0]), str(r[1]), 1.0 - float(r[2])) for r in rows]
         return [ImageMatch(int(r[0]), str(r[1]), -float(r[2]) * float(r[2])) for r in rows]
+
+
+def _neighbours(exact: bool, query: str, extra: str) -> str:
+    """A template for the ``{k}`` rows of ``{table}`` nearest the ``query`` placeholder:
+    image_id, product_id, distance, then ``extra`` (select-list items over ``embedding``,
+    each after a comma), exactly or through the HNSW index (``{op}`` the distance)."""
+    if exact:
+        # The ORDER BY sits above a subquery the index cannot order, so the plan is a scan
+        # whatever the planner settings (psycopg's prepared statements keep their plans).
+        return (
+            f"SELECT image_id, product_id, distance{extra} FROM (SELECT image_id, product_id,"
+            f" embedding {{op}} {query} AS distance, embedding FROM {{table}} OFFSET 0) c"
+            " ORDER BY distance LIMIT {k}"
+        )
+    return (
+        f"SELECT image_id, product_id, embedding {{op}} {query} AS distance{extra}"
+        " FROM {table} ORDER BY distance LIMIT {k}"
+    )
 
 
 class _RawVectorLoader(Loader):
